@@ -1,0 +1,41 @@
+"""ssm: 3D head statistical shape models.
+
+Load a model in downstream code with numpy + h5py only::
+
+    import ssm
+    model = ssm.load_model("models/head.h5")
+    head = model.instance([1.0, -0.5])      # (N, 3) mm
+
+Heavier parts (training, fitting) are imported on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ShapeModel": ("ssm.models.shape_model", "ShapeModel"),
+    "load_model": ("ssm.io.model_file", "load_model"),
+    "save_model": ("ssm.io.model_file", "save_model"),
+    "SSMError": ("ssm.errors", "SSMError"),
+    "ModelTrainer": ("ssm.training.trainer", "ModelTrainer"),
+    "train_model": ("ssm.training.trainer", "train_model"),
+    "fit": ("ssm.fitting.pipeline", "fit"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ssm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

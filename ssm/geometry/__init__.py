@@ -1,0 +1,1 @@
+"""Geometry operations on arrays (numpy) and tensors (torch, imported on use)."""

@@ -1,0 +1,200 @@
+"""Landmark files.
+
+Two kinds of landmark files are read:
+
+* **template landmarks** (name -> vertex index of the model / corpus template):
+  CSV rows ``name,vertex``, or any point file below whose points are snapped to the
+  nearest template vertex.
+* **point landmarks** on a scan (``LandmarkPoints``):
+  CSV rows ``x,y,z`` (in the model's landmark order; empty or NaN rows are missing) or
+  ``name,x,y,z``; a CSV header of the form ``x,y,z (mm); name one, name two, ...`` names
+  the rows; menpo LJSON (v1, v2, v3); scalismo landmark JSON (``id``, ``coordinates``,
+  optional ``uncertainty`` with ``stddevs`` and ``pcvectors``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssm.errors import InputFileError
+
+
+@dataclass(frozen=True)
+class LandmarkPoints:
+    """Landmark positions read from a file.
+
+    points : (L, 3) float64, file units and frame; NaN rows are missing landmarks.
+    names : L names, or None when the file gives only an order.
+    covariances : (L, 3, 3) float64 per-landmark covariance (file units^2) or None.
+    """
+
+    points: np.ndarray
+    names: tuple[str, ...] | None = None
+    covariances: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+
+def read_landmark_points(path: str | os.PathLike) -> LandmarkPoints:
+    """Read point landmarks from CSV / TXT, menpo LJSON or scalismo JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "no such landmark file", "check the path")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise InputFileError(path, "landmark file is empty", "write one landmark per row")
+    if path.suffix.lower() in (".json", ".ljson") or text.lstrip()[:1] in "[{":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(path, f"invalid JSON ({exc.msg} at line {exc.lineno})",
+                                 "fix or re-export the landmark file") from exc
+        return _from_json(data, path)
+    return _from_csv(text, path)
+
+
+def _from_json(data, path: Path) -> LandmarkPoints:
+    if isinstance(data, list):  # scalismo
+        names, pts, covs, any_cov = [], [], [], False
+        for i, item in enumerate(data):
+            if not isinstance(item, dict) or "coordinates" not in item:
+                raise InputFileError(path, f"entry {i} has no 'coordinates'", "expected scalismo landmark JSON")
+            names.append(str(item.get("id", i)))
+            pts.append([float(c) for c in item["coordinates"]][:3])
+            unc = item.get("uncertainty")
+            if unc:
+                any_cov = True
+                sd = np.asarray(unc["stddevs"], dtype=np.float64)
+                vecs = np.asarray(unc["pcvectors"], dtype=np.float64)
+                # pcvectors are the principal directions (rows); cov = V^T diag(sd^2) V
+                covs.append(vecs.T @ np.diag(sd ** 2) @ vecs)
+            else:
+                covs.append(np.full((3, 3), np.nan))
+        return LandmarkPoints(_as_points(pts, path), tuple(names), np.asarray(covs) if any_cov else None)
+    if not isinstance(data, dict):
+        raise InputFileError(path, "unrecognised landmark JSON", "expected menpo LJSON or scalismo JSON")
+    if "groups" in data and isinstance(data["groups"], dict):  # LJSON v3: first group
+        group = next(iter(data["groups"].values()))
+        return _ljson_points(group, path)
+    if "landmarks" in data and isinstance(data["landmarks"], dict):  # LJSON v2
+        return _ljson_points(data, path)
+    if "groups" in data and isinstance(data["groups"], list):  # LJSON v1
+        pts, names = [], []
+        for g in data["groups"]:
+            for j, lm in enumerate(g.get("landmarks", [])):
+                pts.append(lm.get("point") or [math.nan] * 3)
+                names.append(f"{g.get('label', 'group')}_{j}")
+        return LandmarkPoints(_as_points(pts, path), None)
+    raise InputFileError(path, "unrecognised landmark JSON", "expected menpo LJSON or scalismo JSON")
+
+
+def _ljson_points(group: dict, path: Path) -> LandmarkPoints:
+    pts = group.get("landmarks", {}).get("points")
+    if pts is None:
+        raise InputFileError(path, "LJSON has no landmarks.points", "re-export the landmarks")
+    pts = [[math.nan] * 3 if p is None else p for p in pts]
+    return LandmarkPoints(_as_points(pts, path), None)
+
+
+def _as_points(pts, path: Path) -> np.ndarray:
+    try:
+        arr = np.asarray([[math.nan if c is None else float(c) for c in p] for p in pts], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputFileError(path, f"non-numeric coordinates ({exc})", "fix the landmark file") from exc
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3) or arr.shape[0] == 0:
+        raise InputFileError(path, f"landmarks must be 3D points, got shape {arr.shape}",
+                             "write x,y,z for each landmark")
+    if arr.shape[1] == 2:
+        raise InputFileError(path, "landmarks are 2D", "3D landmarks (x,y,z) are needed")
+    return arr
+
+
+def _header_names(header: str, n_rows: int) -> tuple[str, ...] | None:
+    if ";" not in header:
+        return None
+    names = tuple(n.strip() for n in header.split(";", 1)[1].split(",") if n.strip())
+    return names if len(names) == n_rows else None
+
+
+def _from_csv(text: str, path: Path) -> LandmarkPoints:
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and not r[0].lstrip().startswith("#")]
+    header = None
+    if rows and not _is_number(rows[0][-1]):
+        header = ",".join(rows[0])
+        rows = rows[1:]
+    pts, names = [], []
+    for i, row in enumerate(rows):
+        cells = [c.strip() for c in row]
+        if len(cells) == 1 and " " in cells[0]:
+            cells = cells[0].split()
+        if len(cells) >= 4 and not _is_number(cells[0]):
+            names.append(cells[0])
+            cells = cells[1:4]
+        if all(c == "" for c in cells):
+            pts.append([math.nan] * 3)
+            continue
+        if len(cells) < 3:
+            raise InputFileError(path, f"row {i + 1} has {len(cells)} values", "write x,y,z (or name,x,y,z) rows")
+        try:
+            pts.append([float(c) if c not in ("", "nan", "NaN") else math.nan for c in cells[:3]])
+        except ValueError:
+            raise InputFileError(path, f"row {i + 1} is not numeric: {','.join(row)}",
+                                 "write x,y,z (or name,x,y,z) rows") from None
+    if not pts:
+        raise InputFileError(path, "no landmark rows", "write one landmark per row")
+    if names and len(names) != len(pts):
+        raise InputFileError(path, "some rows are named and some are not", "name every row or none")
+    out_names = tuple(names) if names else (_header_names(header, len(pts)) if header else None)
+    return LandmarkPoints(_as_points(pts, path), out_names)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return s.strip().lower() in ("nan", "")
+
+
+def read_template_landmarks(path: str | os.PathLike, template_vertices: np.ndarray) -> dict[str, int]:
+    """Named template landmarks (name -> vertex index) for a template mesh.
+
+    path : CSV of ``name,vertex`` rows, or any point-landmark file (its points are
+        snapped to the nearest template vertex; unnamed points are named ``lm00``...).
+    template_vertices : (N, 3) template coordinates in the file's units.
+    """
+    path = Path(path)
+    n = template_vertices.shape[0]
+    if path.suffix.lower() in (".csv", ".txt") and path.exists():
+        rows = [r for r in csv.reader(io.StringIO(path.read_text())) if r and not r[0].startswith("#")]
+        if rows and len(rows[0]) == 2 or (len(rows) > 1 and len(rows[1]) == 2):
+            out: dict[str, int] = {}
+            for i, row in enumerate(rows):
+                if len(row) != 2:
+                    raise InputFileError(path, f"row {i + 1} is not 'name,vertex'", "use name,vertex rows")
+                name, idx = row[0].strip(), row[1].strip()
+                if i == 0 and not idx.lstrip("-").isdigit():
+                    continue  # header
+                if not idx.lstrip("-").isdigit() or not 0 <= int(idx) < n:
+                    raise InputFileError(path, f"landmark {name!r}: vertex {idx!r} is not in 0..{n - 1}",
+                                         "indices must refer to the template's vertices")
+                out[name] = int(idx)
+            if not out:
+                raise InputFileError(path, "no landmark rows", "use name,vertex rows")
+            return out
+    lp = read_landmark_points(path)
+    names = lp.names or tuple(f"lm{i:02d}" for i in range(len(lp)))
+    out = {}
+    for name, p in zip(names, lp.points):
+        if np.all(np.isfinite(p)):
+            out[name] = int(np.argmin(((template_vertices - p) ** 2).sum(axis=1)))
+    return out

@@ -1,0 +1,133 @@
+"""Reading and writing triangle meshes and point clouds (trimesh, imported on use)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssm.errors import InputFileError
+
+MESH_SUFFIXES = {".ply", ".obj", ".off", ".stl", ".glb", ".gltf"}
+POINT_SUFFIXES = {".xyz", ".pts", ".pcd", ".txt"}
+
+
+@dataclass(frozen=True)
+class MeshData:
+    """Plain arrays read from a file.
+
+    vertices : (N, 3) float64, file units and frame.
+    faces : (M, 3) int64, empty (0, 3) for a point cloud.
+    normals : (N, 3) float64 vertex normals when the file has them, else None.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray | None = None
+
+    @property
+    def is_point_cloud(self) -> bool:
+        return self.faces.shape[0] == 0
+
+
+def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bool = False) -> MeshData:
+    """Read a mesh (PLY/OBJ/OFF/STL/GLB) or, with ``allow_points``, a point cloud.
+
+    Vertex order is preserved exactly (no merging or re-ordering), which registered
+    meshes depend on. Raises :class:`InputFileError` for missing, empty, corrupt or
+    non-finite files (``allow_nan`` keeps NaN vertices, e.g. unregistered parts).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "no such file", "check the path")
+    if path.stat().st_size == 0:
+        raise InputFileError(path, "file is empty", "re-export it")
+    suffix = path.suffix.lower()
+    if suffix in (".xyz", ".pts", ".txt"):
+        data = _read_xyz(path)
+    elif suffix == ".pcd":
+        data = _read_pcd(path)
+    else:
+        data = _read_trimesh(path)
+    v = data.vertices
+    if v.ndim != 2 or v.shape[0] == 0:
+        raise InputFileError(path, "no vertices", "is the file empty or in an unsupported format?")
+    if not allow_nan and not np.all(np.isfinite(v)):
+        bad = int((~np.isfinite(v).all(axis=1)).sum())
+        raise InputFileError(path, f"{bad} vertices have NaN or infinite coordinates",
+                             "repair or re-export the mesh")
+    if data.is_point_cloud and not allow_points:
+        raise InputFileError(path, "has no faces (a point cloud)", "a registered mesh with triangles is needed")
+    return data
+
+
+def _read_trimesh(path: Path) -> MeshData:
+    import trimesh
+
+    try:
+        loaded = trimesh.load(str(path), process=False, maintain_order=True)
+    except Exception as exc:  # trimesh raises many types for corrupt files
+        raise InputFileError(path, f"cannot be read as a mesh ({type(exc).__name__}: {exc})",
+                             "is it truncated or corrupt? re-export it") from exc
+    if isinstance(loaded, trimesh.Scene):
+        geoms = [g for g in loaded.dump() if hasattr(g, "vertices")] if loaded.geometry else []
+        if not geoms:
+            raise InputFileError(path, "scene holds no geometry", "re-export the mesh")
+        if len(geoms) == 1:
+            loaded = geoms[0]
+        else:
+            loaded = trimesh.util.concatenate(geoms)
+    vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
+    faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+    return MeshData(vertices, faces, None)
+
+
+def _read_xyz(path: Path) -> MeshData:
+    try:
+        arr = np.loadtxt(path, comments=("#", "//"), delimiter=None, ndmin=2)
+    except ValueError:
+        try:
+            arr = np.loadtxt(path, comments=("#", "//"), delimiter=",", ndmin=2)
+        except ValueError as exc:
+            raise InputFileError(path, f"cannot parse point rows ({exc})",
+                                 "expected x y z [nx ny nz] per line") from exc
+    if arr.shape[1] < 3:
+        raise InputFileError(path, "rows have fewer than 3 columns", "expected x y z [nx ny nz] per line")
+    normals = arr[:, 3:6] if arr.shape[1] >= 6 else None
+    return MeshData(arr[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals)
+
+
+def _read_pcd(path: Path) -> MeshData:
+    import open3d as o3d
+
+    pcd = o3d.io.read_point_cloud(str(path))
+    pts = np.asarray(pcd.points, dtype=np.float64)
+    if pts.shape[0] == 0:
+        raise InputFileError(path, "no points could be read", "is the PCD file valid?")
+    normals = np.asarray(pcd.normals, dtype=np.float64) if pcd.has_normals() else None
+    return MeshData(pts, np.zeros((0, 3), np.int64), normals)
+
+
+def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray | None = None,
+               vertex_attributes: dict[str, np.ndarray] | None = None) -> Path:
+    """Write a PLY/OBJ/... mesh atomically; per-vertex scalar attributes go into PLY.
+
+    vertices : (N, 3) float; faces : (M, 3) int or None; vertex_attributes : name -> (N,).
+    """
+    import trimesh
+
+    from ssm.io.atomic import atomic_write
+
+    path = Path(path)
+    mesh = trimesh.Trimesh(vertices=np.asarray(vertices, dtype=np.float64),
+                           faces=None if faces is None else np.asarray(faces), process=False)
+    for name, values in (vertex_attributes or {}).items():
+        mesh.vertex_attributes[name] = np.asarray(values, dtype=np.float32)
+    with atomic_write(path) as tmp:
+        data = trimesh.exchange.export.export_mesh(mesh, file_obj=None, file_type=path.suffix.lstrip(".").lower(),
+                                                   **({"encoding": "binary"} if path.suffix.lower() == ".ply" else {}))
+        with open(tmp, "wb") as fh:
+            fh.write(data if isinstance(data, bytes) else data.encode())
+    return path

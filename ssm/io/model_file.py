@@ -1,0 +1,260 @@
+"""Shape model files: statismo / scalismo HDF5 layout plus an ``/ssm`` group.
+
+Written layout (see docs/formats.md)::
+
+    /model/mean            (3N,)    float32   mean shape, vertex-interleaved
+    /model/pcaBasis        (3N, K)  float32   orthonormal columns
+    /model/pcaVariance     (K,)     float32   eigenvalues
+    /model/noiseVariance   (1,)     float32   PPCA noise variance
+    /representer           attrs name, datasetType="POLYGON_MESH", version/...
+    /representer/points    (3, N)   float32   reference = mean shape
+    /representer/cells     (3, M)   int32     triangles
+    /modelinfo/...                           build time, builder, parameters
+    /version/{majorVersion=0, minorVersion=9}
+    /ssm                   attrs format_version, units
+    /ssm/landmarks/{names, indices}
+    /ssm/regions/<name>    (k,) int64
+    /ssm/provenance        JSON text
+    /ssm/exact/{mean (N,3), basis (3N,K), variances (K,)}  float64 copies when the model
+                                                           is float64 (bit-exact round trip)
+
+Only numpy and h5py are imported here: loading a model for downstream code stays light.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ssm.errors import InputFileError
+from ssm.io.atomic import atomic_write
+from ssm.models.shape_model import ShapeModel
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+
+
+# ---------------------------------------------------------------------- writing
+def _fixed_str_array(s: str) -> np.ndarray:
+    b = s.encode("utf-8")
+    return np.array([b], dtype=f"S{max(len(b), 1) + 1}")
+
+
+def save_model(model: ShapeModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` (HDF5, statismo layout + ``/ssm``), atomically.
+
+    The statismo datasets are float32 so scalismo and statismo read them; a float64
+    model also gets exact float64 copies under ``/ssm/exact`` that :func:`load_model`
+    prefers, so save -> load is bit-exact.
+    """
+    path = Path(path)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    with atomic_write(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            g = f.create_group("model")
+            g["mean"] = model.mean.reshape(-1).astype(np.float32)
+            g["pcaBasis"] = model.basis.astype(np.float32)
+            g["pcaVariance"] = model.variances.astype(np.float32)
+            g["noiseVariance"] = np.array([model.noise_variance], dtype=np.float32)
+
+            r = f.create_group("representer")
+            r.attrs["name"] = _fixed_str_array("itkStandardMeshRepresenter")
+            r.attrs["version/majorVersion"] = _fixed_str_array("0")
+            r.attrs["version/minorVersion"] = _fixed_str_array("9")
+            if model.triangles is not None:
+                r.attrs["datasetType"] = _fixed_str_array("POLYGON_MESH")
+                r["cells"] = model.triangles.T.astype(np.int32)
+            else:
+                r.attrs["datasetType"] = _fixed_str_array("POINT_SET")
+            r["points"] = model.mean.T.astype(np.float32)
+
+            info = f.create_group("modelinfo")
+            info["build-time"] = _fixed_str_array(now)
+            b = info.create_group("modelBuilder-0")
+            b["buildTime"] = _fixed_str_array(now)
+            b["builderName"] = _fixed_str_array(str(model.provenance.get("builder", "ssm")))
+            params = b.create_group("parameters")
+            for key in ("align", "n_components", "n_subjects", "pca_method", "pruned_fraction"):
+                if key in model.provenance:
+                    params.attrs[key] = str(model.provenance[key])
+            b.create_group("dataInfo")
+
+            v = f.create_group("version")
+            v["majorVersion"] = np.int32(0)
+            v["minorVersion"] = np.int32(9)
+
+            s = f.create_group("ssm")
+            s.attrs["format_version"] = FORMAT_VERSION
+            s.attrs["units"] = model.units
+            lm = s.create_group("landmarks")
+            lm.create_dataset("names", data=list(model.landmarks.keys()), dtype=_STR)
+            lm["indices"] = model.landmark_indices.astype(np.int64)
+            rg = s.create_group("regions")
+            for name, idx in model.regions.items():
+                rg[name] = np.asarray(idx, dtype=np.int64)
+            s.create_dataset("provenance", data=json.dumps(dict(model.provenance), default=str),
+                             dtype=_STR)
+            if model.basis.dtype == np.float64 or model.mean.dtype == np.float64:
+                e = s.create_group("exact")
+                e["mean"] = model.mean.astype(np.float64)
+                e["basis"] = model.basis.astype(np.float64)
+                e["variances"] = model.variances.astype(np.float64)
+                e.attrs["noise_variance"] = float(model.noise_variance)
+    return path
+
+
+# ---------------------------------------------------------------------- reading
+def _read_str(obj) -> str:
+    v = obj[()] if isinstance(obj, h5py.Dataset) else obj
+    if isinstance(v, np.ndarray):
+        v = v.reshape(-1)[0] if v.size else b""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace").rstrip("\x00")
+    return str(v)
+
+
+def _find_model_root(f: h5py.File, group: str | None) -> str:
+    if group is not None:
+        root = "/" + group.strip("/")
+        if root + "/model" not in f and not (root == "/" and "model" in f):
+            raise KeyError(group)
+        return root
+    if "model" in f and "mean" in f["model"]:
+        return "/"
+    for candidate in ("shape", "Shape"):
+        if candidate in f and "model" in f[candidate]:
+            return "/" + candidate
+    raise KeyError("model")
+
+
+def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
+    """Read a shape model from an HDF5 file.
+
+    Reads files written by :func:`save_model` (bit-exact) and statismo-layout files
+    written by other tools: scalismo / statismo models (``/model``, ``/representer``),
+    and Basel-style files holding the shape model in a ``/shape`` group (pass ``group``
+    to pick another). Old statismo 0.8 bases (``U sqrt(lambda)``) and non-orthonormal
+    bases (e.g. discretised Gaussian processes) are converted to the same distribution
+    with an orthonormal basis.
+
+    Returns a :class:`ShapeModel` (coordinates in the file's units; statismo files carry
+    none, so ``mm`` is assumed and recorded in ``provenance``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "no such model file", "check the path")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(path, "not a readable HDF5 model file",
+                             "is it truncated or another format? re-save or re-train it") from exc
+    with f:
+        try:
+            root = _find_model_root(f, group)
+        except KeyError:
+            raise InputFileError(path, "no statismo model group (/model or /shape/model) found",
+                                 "pass the model's HDF5 group with --group") from None
+        base = "" if root == "/" else root
+        try:
+            return _read(f, base, path)
+        except KeyError as exc:
+            raise InputFileError(path, f"model file is missing {exc.args[0]}",
+                                 "the file is incomplete; re-save the model") from None
+
+
+def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
+    m = f[f"{base}/model"]
+    mean = np.asarray(m["mean"][()]).reshape(-1)
+    basis = np.asarray(m["pcaBasis"][()])
+    variances = np.asarray(m["pcaVariance"][()]).reshape(-1)
+    noise = float(np.asarray(m["noiseVariance"][()]).reshape(-1)[0]) if "noiseVariance" in m else 0.0
+    if basis.ndim == 1:
+        basis = basis.reshape(-1, 1)
+    if mean.size % 3 or basis.shape[0] != mean.size or variances.size != basis.shape[1]:
+        raise InputFileError(path, f"inconsistent model sizes (mean {mean.shape}, basis {basis.shape}, "
+                                   f"variance {variances.shape})", "the file is not a 3D shape model")
+    rep = f.get(f"{base}/representer")
+    triangles = None
+    if rep is not None and "cells" in rep:
+        cells = np.asarray(rep["cells"][()])
+        if cells.ndim == 2 and cells.shape[0] == 3:
+            triangles = cells.T.astype(np.int32)
+        elif cells.ndim == 2 and cells.shape[1] == 3:
+            triangles = cells.astype(np.int32)
+    provenance: dict = {"source_file": str(path)}
+    units = "mm"
+    landmarks: dict[str, int] = {}
+    regions: dict[str, np.ndarray] = {}
+
+    ours = base == "" and "ssm" in f
+    if ours:
+        s = f["ssm"]
+        units = _read_str(s.attrs.get("units", "mm"))
+        if "provenance" in s:
+            provenance = json.loads(_read_str(s["provenance"]))
+        if "landmarks" in s:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in s["landmarks/names"][()]]
+            idx = s["landmarks/indices"][()]
+            landmarks = dict(zip(names, (int(i) for i in idx)))
+        if "regions" in s:
+            regions = {k: np.asarray(v[()]) for k, v in s["regions"].items()}
+        if "exact" in s:
+            e = s["exact"]
+            return ShapeModel(mean=e["mean"][()], basis=e["basis"][()], variances=e["variances"][()],
+                              noise_variance=float(e.attrs["noise_variance"]), triangles=triangles,
+                              landmarks=landmarks, regions=regions, units=units, provenance=provenance)
+    else:
+        provenance["units_assumed"] = "mm (statismo files carry no units)"
+        provenance["builder"] = "external statismo-layout file"
+        landmarks = _basel_landmarks(f, mean.reshape(-1, 3))
+
+    version = _statismo_version(f, rep)
+    basis = basis.astype(np.float64)
+    variances = variances.astype(np.float64)
+    if version == (0, 8):
+        scale = np.sqrt(np.clip(variances, 0, None))
+        basis = basis / np.where(scale > 1e-8, scale, np.inf)
+    gram = basis.T @ basis
+    if basis.shape[1] and np.abs(gram - np.eye(basis.shape[1])).max() > 1e-3:
+        basis, variances = _orthonormalise(basis, variances)
+        provenance["basis_orthonormalised"] = True
+    keep = mean.dtype if ours else np.float64
+    return ShapeModel(mean=mean.reshape(-1, 3).astype(keep), basis=basis.astype(keep),
+                      variances=variances.astype(keep), noise_variance=noise, triangles=triangles,
+                      landmarks=landmarks, regions=regions, units=units, provenance=provenance)
+
+
+def _statismo_version(f: h5py.File, rep) -> tuple[int, int]:
+    if "version/majorVersion" in f and "version/minorVersion" in f:
+        return int(f["version/majorVersion"][()]), int(f["version/minorVersion"][()])
+    name = _read_str(rep.attrs.get("name", "")) if rep is not None else ""
+    return (0, 8) if name in ("vtkPolyDataRepresenter", "itkMeshRepresenter") else (0, 9)
+
+
+def _orthonormalise(basis: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Same covariance ``B diag(v) B^T`` with orthonormal columns, descending variance."""
+    w = basis * np.sqrt(np.clip(variances, 0, None))
+    u, s, _ = np.linalg.svd(w, full_matrices=False)
+    keep = s > s.max() * 1e-10 if s.size else s > 0
+    return u[:, keep], (s[keep] ** 2)
+
+
+def _basel_landmarks(f: h5py.File, mean: np.ndarray) -> dict[str, int]:
+    """Landmarks stored as JSON under /metadata/landmarks/json (Basel 2017), snapped to vertices."""
+    node = f.get("metadata/landmarks/json")
+    if node is None:
+        return {}
+    try:
+        items = json.loads(_read_str(node))
+        out = {}
+        for it in items:
+            p = np.asarray(it["coordinates"], dtype=np.float64)
+            out[str(it["id"])] = int(np.argmin(((mean - p) ** 2).sum(1)))
+        return out
+    except (ValueError, KeyError, TypeError):
+        return {}

@@ -1,0 +1,1 @@
+"""Training: Procrustes alignment, PCA (exact / streamed / GPU), pruning, evaluation."""
