@@ -111,3 +111,27 @@ def apply_similarity(x: np.ndarray, s, r, t) -> np.ndarray:
     out *= np.asarray(s, dtype=np.float64)[:, None, None]
     out += np.asarray(t)[:, None, :]
     return out
+
+
+def similarity_tangent_basis(shape: np.ndarray, scale: bool = True) -> np.ndarray:
+    """Orthonormal basis (3N, 6 or 7) of infinitesimal similarity motions of ``shape``.
+
+    The columns span translations, rotations about the centroid and (with ``scale``)
+    uniform scaling of an (N, 3) shape: the directions Procrustes alignment removes.
+    """
+    x = np.asarray(shape, dtype=np.float64)
+    xc = x - x.mean(axis=0)
+    n = x.shape[0]
+    cols = []
+    for axis in range(3):
+        t = np.zeros((n, 3))
+        t[:, axis] = 1.0
+        cols.append(t.reshape(-1))
+    for axis in range(3):
+        w = np.zeros(3)
+        w[axis] = 1.0
+        cols.append(np.cross(w, xc).reshape(-1))
+    if scale:
+        cols.append(xc.reshape(-1))
+    q, _ = np.linalg.qr(np.stack(cols, axis=1))
+    return q

@@ -174,8 +174,13 @@ class ShapeModel:
         if x.shape != self.mean.shape:
             raise ValueError(f"shape must be {self.mean.shape}, got {x.shape}")
         k = self.n_components if n_components is None else int(n_components)
-        U = self.basis[:, :k].astype(np.float64) * self.stddevs[:k]  # (D, k) scaled
         r = (x - self.mean).reshape(-1)
+        s2 = self._effective_noise(noise_variance)
+        if mask is None and np.all(np.isfinite(r)):
+            # orthonormal basis: the normal equations are diagonal
+            sd = self.stddevs[:k]
+            return sd / (sd * sd + s2) * (self.basis[:, :k].T.astype(np.float64) @ r)
+        U = self.basis[:, :k].astype(np.float64) * self.stddevs[:k]  # (D, k) scaled
         if mask is not None:
             m = np.repeat(np.asarray(mask, dtype=bool).reshape(-1), 3)
             if m.shape[0] != r.shape[0]:
@@ -184,7 +189,6 @@ class ShapeModel:
         finite = np.isfinite(r)
         if not finite.all():
             U, r = U[finite], r[finite]
-        s2 = self._effective_noise(noise_variance)
         A = U.T @ U + s2 * np.eye(k)
         return np.linalg.solve(A, U.T @ r)
 

@@ -80,9 +80,14 @@ def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
     def chunks():
         return corpus.iter_chunks(subjects, chunk)
 
-    # Pass 0: the reference (first subject) and the average size of the inputs.
-    first = corpus.read([subjects[0]])[0]
-    m0 = corpus.read_masks([subjects[0]])
+    # Pass 0: the reference (the first subject with the most valid vertices) and the
+    # average size of the inputs.
+    ref_subject = subjects[0]
+    if corpus.has_masks:
+        counts = np.concatenate([m.sum(axis=1) for _, _, m in corpus.iter_chunks(subjects, chunk)])
+        ref_subject = subjects[int(np.argmax(counts))]
+    first = corpus.read([ref_subject])[0]
+    m0 = corpus.read_masks([ref_subject])
     w0 = base_w * (1.0 if m0 is None else m0[0])
     sizes = []
     if mode == "similarity":

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ssm.errors import SSMError
+from ssm.geometry.similarity import fit_similarity
 from ssm.io.corpus import Corpus
 from ssm.models.shape_model import ShapeModel
 from ssm.training.procrustes import GPAResult, generalized_procrustes
@@ -47,19 +48,24 @@ class ModelTrainer:
     pca : "auto" | "exact" | "streamed". auto: exact while the data fit in
         ``exact_max_bytes``, else streamed randomized SVD over corpus chunks.
     device : "auto" | "cpu" | "cuda" for the PCA arithmetic.
+    missing_iter : EM rounds (complete, re-align, rebuild) for corpora with validity masks.
+    tangent : with similarity alignment, project the aligned shapes into the tangent
+        space at the mean before PCA (removes the scale nonlinearity).
     n_iter, oversample, seed : randomized-SVD settings (seed passed explicitly).
     chunk : subjects per streamed chunk (default about 64 MB of float64).
     """
 
     def __init__(self, n_components: int | float | None = None, *, align: str = "similarity",
-                 align_weights=None, prune: float = 0.0, pca: str = "auto", device: str = "auto",
+                 align_weights=None, prune: float = 0.0, tangent: bool = True, pca: str = "auto",
+                 device: str = "auto",
                  exact_max_bytes: int = 512 << 20, n_iter: int = 4, oversample: int | None = None,
                  seed: int = 0, chunk: int | None = None, max_variance_components: int = 300,
-                 progress: Progress | None = None):
+                 missing_iter: int = 4, progress: Progress | None = None):
         self.n_components = n_components
         self.align = align
         self.align_weights = align_weights
         self.prune = prune
+        self.tangent = tangent
         self.pca = pca
         self.device = device
         self.exact_max_bytes = exact_max_bytes
@@ -68,6 +74,7 @@ class ModelTrainer:
         self.seed = seed
         self.chunk = chunk
         self.max_variance_components = max_variance_components
+        self.missing_iter = missing_iter
         self.progress = progress
 
     # ------------------------------------------------------------------ API
@@ -172,16 +179,21 @@ class ModelTrainer:
         if method == "auto":
             method = "exact" if n_rows * d * 8 <= self.exact_max_bytes else "streamed"
         masks = c.has_masks
-        basis, variances, total = self._pca(c, gpa, None, k, method, device)
+        mean = gpa.mean
+        basis, variances, total, shift = self._pca(c, gpa, mean, None, k, method, device)
         if fraction is not None:
             while (np.cumsum(variances)[-1] / total < fraction and k < n_rows - 1):
                 k = min(n_rows - 1, 2 * k)
-                basis, variances, total = self._pca(c, gpa, None, k, method, device)
+                basis, variances, total, shift = self._pca(c, gpa, mean, None, k, method, device)
         if masks:
-            # Missing vertices were filled with the mean; fill them with the first model's
-            # reconstruction from the observed vertices and rebuild (one EM-style step).
-            first = (basis, variances)
-            basis, variances, total = self._pca(c, gpa, first, k, method, device)
+            # Missing vertices were filled with the mean; complete them with the last
+            # model's reconstruction, re-align the completed shapes, and rebuild (EM).
+            for _ in range(self.missing_iter):
+                mean = mean + shift.reshape(-1, 3)
+                noise = max(total - float(variances.sum()), 0.0) / max(d - len(variances), 1)
+                basis, variances, total, shift = self._pca(c, gpa, mean, (basis, variances, noise), k, method,
+                                                           device)
+        mean = mean + shift.reshape(-1, 3)  # the rows' own mean (tangent projection, completion)
         if fraction is not None:
             k_keep = int(np.searchsorted(np.cumsum(variances) / total, fraction) + 1)
             k_keep = min(k_keep, len(variances))
@@ -189,10 +201,11 @@ class ModelTrainer:
         kk = basis.shape[1]
         noise = max(total - float(variances.sum()), 0.0) / max(d - kk, 1)
         model = ShapeModel(
-            mean=gpa.mean, basis=basis, variances=variances, noise_variance=noise,
+            mean=mean, basis=basis, variances=variances, noise_variance=noise,
             triangles=c.triangles, landmarks=c.landmarks, regions=c.regions, units=c.units,
             provenance={
                 "builder": "ssm.training.ModelTrainer", "align": self.align,
+                "tangent_projection": bool(self.tangent and self.align == "similarity"),
                 "align_weights": self.align_weights if isinstance(self.align_weights, (str, type(None)))
                 else "array",
                 "n_subjects": int(n_rows), "n_components": int(kk), "pca_method": method,
@@ -202,27 +215,40 @@ class ModelTrainer:
             })
         return model, gpa
 
-    def _rows(self, c: Corpus, gpa: GPAResult, first_model):
-        """Row-block provider: aligned, centred, imputed subjects as (b, D) float64."""
-        mean = gpa.mean
+    def _rows(self, c: Corpus, gpa: GPAResult, mean: np.ndarray, first_model):
+        """Row-block provider: aligned subjects minus ``mean`` (completed, tangent-projected), (b, D)."""
+        centre = mean.mean(axis=0)
+        mc = mean - centre
 
         def blocks():
             pos = 0
             for idx, v, m in c.iter_chunks(gpa.subjects, self.chunk):
                 b = len(idx)
-                x = gpa.align(np.arange(pos, pos + b), v) - mean  # (b, N, 3)
+                x = gpa.align(np.arange(pos, pos + b), v)  # (b, N, 3)
                 pos += b
-                if m is not None and not m.all():
-                    x[~m] = 0.0  # mean imputation
-                    if first_model is not None:
-                        x = _impute(x, m, *first_model)
+                if m is not None and m.all():
+                    m = None
+                if m is not None and first_model is not None:
+                    x = _complete(x, m, mean, *first_model, self.align)
+                    m = None
+                if self.align == "similarity" and self.tangent:
+                    # Kendall tangent-space projection: rescale each aligned shape so its
+                    # component along the mean equals the mean; linear in the shape
+                    # differences, which the PCA assumes (Dryden & Mardia, ch. 4).
+                    w = np.ones((b, x.shape[1])) if m is None else m.astype(np.float64)
+                    num = (w * (mc * mc).sum(-1)).sum(1)
+                    den = (w * ((x - centre) * mc).sum(-1)).sum(1)
+                    x = centre + (x - centre) * (num / den)[:, None, None]
+                x -= mean
+                if m is not None:
+                    x[~m] = 0.0  # mean imputation (first model)
                 yield x.reshape(b, -1)
         return blocks
 
-    def _pca(self, c: Corpus, gpa: GPAResult, first_model, k: int, method: str, device):
+    def _pca(self, c: Corpus, gpa: GPAResult, mean: np.ndarray, first_model, k: int, method: str, device):
         from ssm.training.pca import pca_exact, pca_streamed
 
-        blocks = self._rows(c, gpa, first_model)
+        blocks = self._rows(c, gpa, mean, first_model)
         if method == "exact":
             x = np.concatenate(list(blocks()), axis=0)
             return pca_exact(x, k, device)
@@ -233,25 +259,39 @@ class ModelTrainer:
         """(S,) Mahalanobis norm of each training subject in ``model``."""
         out = []
         inv_sd = 1.0 / np.sqrt(np.maximum(model.variances, 1e-300))
-        for x in self._rows(c, gpa, None)():
+        for x in self._rows(c, gpa, model.mean, None)():
             out.append(np.linalg.norm((x @ model.basis) * inv_sd, axis=1))
         return np.concatenate(out)
 
 
-def _impute(x: np.ndarray, mask: np.ndarray, basis: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """Fill unobserved vertices of centred shapes x (b, N, 3) from the model's MAP fit."""
+def _complete(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray,
+              noise: float, align: str, rounds: int = 3) -> np.ndarray:
+    """Complete partial aligned shapes x (b, N, 3) with a first model, re-aligning as a whole.
+
+    A partial shape aligned on its observed part alone is biased (its centroid and pose
+    depend on what is missing), so the missing vertices are filled with the model's MAP
+    reconstruction from the observed ones, the completed shape is re-aligned to the mean
+    with all vertices, and this repeats ``rounds`` times (EM-style GPA with missing data).
+    """
     b, n, _ = x.shape
     out = x.copy()
     scaled = basis * np.sqrt(variances)  # (D, K)
-    s2 = 1e-6 * float(variances.max())
+    s2 = max(noise, 1e-6 * float(variances.max()))  # PPCA noise regularises the MAP fill
     for i in range(b):
         if mask[i].all():
             continue
         rows = np.repeat(mask[i], 3)
         u = scaled[rows]
-        coef = np.linalg.solve(u.T @ u + s2 * np.eye(u.shape[1]), u.T @ x[i].reshape(-1)[rows])
-        rec = (scaled @ coef).reshape(n, 3)
-        out[i][~mask[i]] = rec[~mask[i]]
+        gram = u.T @ u + s2 * np.eye(u.shape[1])
+        xi = out[i]
+        for _ in range(rounds):
+            coef = np.linalg.solve(gram, u.T @ (xi - mean).reshape(-1)[rows])
+            rec = mean + (scaled @ coef).reshape(n, 3)
+            xi = np.where(mask[i][:, None], xi, rec)
+            if align != "none":
+                s, r, t = fit_similarity(xi, mean, scale=(align == "similarity"))
+                xi = s * xi @ r.T + t
+        out[i] = xi
     return out
 
 

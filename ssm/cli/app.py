@@ -1,0 +1,213 @@
+"""The ``ssm`` command line: corpus, train, evaluate, fit, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ssm.errors import SSMError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="3D head statistical shape models: build corpora, train, evaluate and fit.")
+corpus_app = typer.Typer(no_args_is_help=True, help="Registered-scan corpora (HDF5).")
+app.add_typer(corpus_app, name="corpus")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@corpus_app.command("import")
+def corpus_import(
+    inputs: List[Path] = typer.Argument(..., help="Registered meshes (PLY/OBJ/OFF/STL/GLB) or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Corpus file to write (.h5)."),
+    landmarks: Optional[Path] = typer.Option(None, help="Template landmarks: CSV 'name,vertex' or LJSON/points."),
+    units: str = typer.Option("mm", help="Units of the input meshes (converted to mm)."),
+    template: Optional[Path] = typer.Option(None, help="Mesh defining the topology (default: first input)."),
+    nan_as_missing: bool = typer.Option(False, help="NaN vertices are unregistered parts (stored as masks)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing corpus."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Import registered meshes into a corpus, validating every file (resumable)."""
+    from ssm.cli.progress import progress_bars
+    from ssm.io.corpus_import import import_meshes
+
+    _setup_logging(verbose)
+    with progress_bars() as bar:
+        rep = import_meshes(inputs, out, landmarks=landmarks, units=units, template=template,
+                            overwrite=overwrite, nan_as_missing=nan_as_missing,
+                            progress=lambda d, t, name: bar("Importing meshes", d, t))
+    _console().print(f"wrote {rep.path}: {rep.n_imported} subjects imported"
+                     + (f", {rep.n_skipped_existing} already there (resumed)" if rep.n_skipped_existing else ""))
+
+
+@corpus_app.command("info")
+def corpus_info(corpus: Path = typer.Argument(..., help="Corpus file."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Summarise a corpus: subjects, vertices, units, landmarks, masks."""
+    from dataclasses import asdict
+
+    from ssm.io.corpus import Corpus
+
+    with Corpus(corpus, allow_incomplete=True) as c:
+        info = c.info()
+    if as_json:
+        typer.echo(json.dumps(asdict(info), indent=2, default=str))
+        return
+    con = _console()
+    con.print(f"[bold]{info.path}[/bold]  (format v{info.format_version}{'' if info.complete else ', INCOMPLETE'})")
+    con.print(f"  subjects   {info.n_subjects}")
+    con.print(f"  vertices   {info.n_vertices}   triangles {info.n_triangles}")
+    con.print(f"  units      {info.units}   stored as {info.dtype}")
+    con.print(f"  masks      {'yes' if info.has_masks else 'no'}")
+    con.print(f"  landmarks  {len(info.landmarks)}" + (f": {', '.join(list(info.landmarks)[:12])}"
+                                                        + (' ...' if len(info.landmarks) > 12 else '')
+                                                        if info.landmarks else ""))
+    if info.regions:
+        con.print(f"  regions    {', '.join(f'{k} ({v})' for k, v in info.regions.items())}")
+
+
+@app.command()
+def train(
+    corpus: Path = typer.Argument(..., help="Corpus file (.h5) from 'ssm corpus import'."),
+    out: Path = typer.Option(Path("models/model.h5"), "--out", "-o", help="Model file to write."),
+    components: Optional[int] = typer.Option(None, help="Number of components K."),
+    variance: Optional[float] = typer.Option(None, help="Keep this fraction of variance, e.g. 0.995."),
+    align: str = typer.Option("similarity", help="Procrustes: similarity | rigid | none."),
+    align_weights: Optional[str] = typer.Option(None, help="landmarks | region:NAME (default uniform)."),
+    prune: float = typer.Option(0.0, help="Fraction of outlying subjects to drop (Mahalanobis), e.g. 0.05."),
+    pca: str = typer.Option("auto", help="auto | exact | streamed (randomized SVD over chunks)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, help="Seed of the randomized SVD."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Train a PCA shape model (Procrustes + PCA [+ pruning]) and save it."""
+    from ssm.cli.progress import progress_bars
+    from ssm.io.model_file import save_model
+    from ssm.training.trainer import ModelTrainer
+
+    _setup_logging(verbose)
+    if components is not None and variance is not None:
+        raise SSMError("give --components or --variance, not both")
+    if variance is not None and not 0 < variance < 1:
+        raise SSMError(f"--variance must be in (0, 1), got {variance}")
+    k = components if components is not None else variance
+    with progress_bars() as bar:
+        trainer = ModelTrainer(k, align=align, align_weights=align_weights, prune=prune, pca=pca,
+                               device=device, seed=seed, progress=bar).fit(corpus)
+    model = trainer.model_
+    save_model(model, out)
+    frac = model.variance_fraction()
+    con = _console()
+    con.print(f"wrote {out}: {model.n_components} components from {model.provenance['n_subjects']} subjects, "
+              f"{frac[-1] * 100:.2f}% of variance, {model.provenance['pca_method']} PCA on "
+              f"{model.provenance['device']}, {model.provenance['train_seconds']:.1f} s")
+    if trainer.pruned_:
+        con.print(f"pruned {len(trainer.pruned_)}: " + ", ".join(p.subject_id for p in trainer.pruned_[:10])
+                  + (" ..." if len(trainer.pruned_) > 10 else ""))
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model file."),
+    corpus: Path = typer.Argument(..., help="Training corpus (specificity; k-fold generalisation)."),
+    test: Optional[Path] = typer.Option(None, help="Held-out corpus for generalisation (else k-fold)."),
+    folds: int = typer.Option(5, help="Folds for cross-validated generalisation."),
+    samples: int = typer.Option(100, help="Random samples for specificity."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Folder for evaluation.json and .png."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Compactness, generalisation and specificity (v2v and v2s), as JSON and PNG."""
+    from ssm.cli.progress import progress_bars
+    from ssm.io.corpus import Corpus
+    from ssm.io.model_file import load_model
+
+    _setup_logging(verbose)
+    m = load_model(model)
+    with Corpus(corpus) as c, progress_bars() as bar:
+        t = Corpus(test) if test is not None else None
+        try:
+            _check_topology(m, c)
+            if t is not None:
+                _check_topology(m, t)
+            from ssm.training.evaluate import evaluate as run_eval
+
+            ev = run_eval(m, c, t, folds=folds, n_samples=samples, seed=seed, progress=bar)
+        finally:
+            if t is not None:
+                t.close()
+    _write_evaluation(ev, out)
+    _print_evaluation(ev)
+    _console().print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+
+
+def _check_topology(model, corpus) -> None:
+    if corpus.n_vertices != model.n_vertices:
+        raise SSMError(f"{corpus.path}: {corpus.n_vertices} vertices per subject but the model has "
+                       f"{model.n_vertices} (use a corpus in the model's topology)")
+
+
+def _write_evaluation(ev, out: Path) -> None:
+    from ssm.io.atomic import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "evaluation.json") as tmp:
+        tmp.write_text(ev.to_json())
+    ev.plot(out / "evaluation.png")
+
+
+def _print_evaluation(ev) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Model evaluation ({ev.units})")
+    for col in ("K", "variance", "gen v2v", "gen v2s", "spec v2v", "spec v2s"):
+        table.add_column(col, justify="right")
+    spec = {p.n_components: p for p in ev.specificity}
+    for g in ev.generalisation:
+        s = spec.get(g.n_components)
+        frac = ev.compactness[g.n_components - 1] if g.n_components <= len(ev.compactness) else float("nan")
+        table.add_row(str(g.n_components), f"{frac * 100:.2f}%", f"{g.v2v_mean:.3f}", f"{g.v2s_mean:.3f}",
+                      f"{s.v2v_mean:.3f}" if s else "-", f"{s.v2s_mean:.3f}" if s else "-")
+    _console().print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the demo's files."),
+    model_out: Path = typer.Option(Path("models/demo_head.h5"), help="Where to save the demo model."),
+    subjects: int = typer.Option(150, help="Training subjects to generate."),
+    seed: int = typer.Option(0),
+):
+    """Built-in example: synthetic heads -> meshes -> corpus -> model -> evaluation."""
+    from ssm.demo.run import run_demo
+
+    run_demo(out, model_out, n_subjects=subjects, seed=seed, console=_console())
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning user errors into one-line messages."""
+    try:
+        app()
+    except SSMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

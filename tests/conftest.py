@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic data made here, and ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SSM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(rel: str) -> Path:
+    """Path to a file in ../shared/data, or skip the test with the reason."""
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"shared evaluation data not found at {p} (set SSM_SHARED_DATA to its folder)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def generator():
+    from ssm.demo.synthetic_heads import make_generator
+
+    return make_generator(n_lat=20, n_lon=32)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, generator):
+    """80 posed synthetic heads (about 650 vertices) with landmarks, float64."""
+    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.io.corpus import write_corpus
+
+    v, params = sample_heads(generator, 80, seed=3)
+    path = tmp_path_factory.mktemp("corpus") / "small.h5"
+    write_corpus(path, v, generator.triangles, landmarks=generator.landmarks, regions=generator.regions,
+                 dtype=np.float64)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ict():
+    """The ICT head model arrays (skips when ../shared is absent)."""
+    return np.load(shared_file("ict_head/ict_head.npz"))
