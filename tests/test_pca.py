@@ -35,7 +35,7 @@ def test_streamed_matches_exact_for_any_chunking(block):
     sb, sv, st, mu = pca_streamed(blocks, len(x), x.shape[1], 12, seed=1)
     np.testing.assert_allclose(sv, ev, rtol=1e-6)
     np.testing.assert_allclose(np.abs(np.sum(sb * eb, axis=0)), 1.0, atol=1e-6)
-    assert st == pytest.approx(et, rel=1e-12)
+    assert st == pytest.approx(et, rel=1e-9)
     # deterministic sign convention: identical, not just up to sign
     np.testing.assert_allclose(sb, eb, atol=1e-5)
 

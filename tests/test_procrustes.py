@@ -51,8 +51,9 @@ def test_gpa_makes_transformed_copies_identical(tmp_path):
         g = generalized_procrustes(c, "similarity", chunk=5)
         aligned = g.align(np.arange(n), c.read())
     assert g.converged
-    np.testing.assert_allclose(aligned, np.broadcast_to(g.mean, aligned.shape), atol=1e-8)
+    # GPA arithmetic is float32 on the bulk data: 1e-6 relative (0.1 micrometre on a head)
+    np.testing.assert_allclose(aligned, np.broadcast_to(g.mean, aligned.shape), atol=1e-4)
     # the mean keeps the inputs' average centroid size
     size = np.sqrt(((g.mean - g.mean.mean(0)) ** 2).sum(1).mean())
     base_size = np.sqrt(((base - base.mean(0)) ** 2).sum(1).mean())
-    assert abs(size - base_size * s.mean()) < 1e-6 * size
+    assert abs(size - base_size * s.mean()) < 1e-5 * size

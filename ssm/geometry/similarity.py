@@ -68,25 +68,41 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
     such that ``s R src + t`` best matches ``dst``.
     """
     single = np.ndim(src) == 2
-    x = np.asarray(src, dtype=np.float64)
-    y = np.asarray(dst, dtype=np.float64)
+    x = np.asarray(src)
+    ft = x.dtype if x.dtype in (np.float32, np.float64) else np.float64  # big arrays stay float32
+    x = x.astype(ft, copy=False)
+    y = np.asarray(dst).astype(ft, copy=False)
     if single:
         x = x[None]
-    if y.ndim == 2:
-        y = np.broadcast_to(y, x.shape)
-    if x.shape != y.shape or x.shape[-1] != 3:
+    b, n = x.shape[0], x.shape[1]
+    if x.shape[-1] != 3 or y.shape not in ((n, 3), x.shape):
         raise ValueError(f"src and dst must be (B, N, 3) alike, got {np.shape(src)} and {np.shape(dst)}")
-    b, n, _ = x.shape
-    w = np.ones((b, n)) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), (b, n))
-    wsum = w.sum(axis=1)
-    if np.any(wsum <= 0):
-        raise ValueError("weights sum to zero for some shape")
-    wn = w / wsum[:, None]
-    mx = np.matmul(wn[:, None, :], x)[:, 0]  # (B, 3)
-    my = np.matmul(wn[:, None, :], y)[:, 0]
-    xc = x - mx[:, None]
-    yc = y - my[:, None]
-    cov = np.matmul((yc * wn[:, :, None]).transpose(0, 2, 1), xc)  # (B, 3, 3)
+    w = np.ones(n, ft) if weights is None else np.asarray(weights, ft)
+    if w.ndim == 1 and y.ndim == 2:
+        # shared target and weights (the Procrustes case): no (B, N, 3) temporaries
+        wsum = float(w.sum(dtype=np.float64))
+        if wsum <= 0:
+            raise ValueError("weights sum to zero")
+        wn = (w / wsum).astype(ft)
+        mx = np.matmul(wn, x).astype(np.float64)  # (B, 3)
+        my = (wn @ y).astype(np.float64)  # (3,)
+        cov = np.matmul((wn[:, None] * y).T, x).astype(np.float64) - my[None, :, None] * mx[:, None, :]
+        var_x = (np.matmul(wn, x * x).sum(-1, dtype=np.float64) - (mx * mx).sum(1)) if scale else None
+        my = np.broadcast_to(my, (b, 3))
+    else:
+        y = np.broadcast_to(y, x.shape)
+        w = np.broadcast_to(w, (b, n))
+        wsum = w.sum(axis=1, dtype=np.float64)
+        if np.any(wsum <= 0):
+            raise ValueError("weights sum to zero for some shape")
+        wn = w / wsum.astype(ft)[:, None]
+        mx = np.matmul(wn[:, None, :], x)[:, 0]  # (B, 3)
+        my = np.matmul(wn[:, None, :], y)[:, 0]
+        xc = x - mx[:, None]
+        yc = y - my[:, None]
+        cov = np.matmul((yc * wn[:, :, None]).transpose(0, 2, 1), xc).astype(np.float64)  # (B, 3, 3)
+        var_x = (wn * (xc * xc).sum(axis=2)).sum(axis=1, dtype=np.float64) if scale else None
+        mx, my = mx.astype(np.float64), my.astype(np.float64)
     u, sv, vt = np.linalg.svd(cov)
     d = np.ones((b, 3))
     if not reflection:
@@ -94,7 +110,6 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
         d[d == 0] = 1.0
     r = u @ (d[:, :, None] * vt)
     if scale:
-        var_x = (wn * (xc * xc).sum(axis=2)).sum(axis=1)
         s = (sv * d).sum(axis=1) / np.maximum(var_x, 1e-300)
     else:
         s = np.ones(b)
@@ -105,11 +120,16 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
 
 
 def apply_similarity(x: np.ndarray, s, r, t) -> np.ndarray:
-    """Apply batched transforms: x (B, N, 3), s (B,), r (B, 3, 3), t (B, 3) -> (B, N, 3)."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.matmul(x, np.asarray(r).transpose(0, 2, 1))
-    out *= np.asarray(s, dtype=np.float64)[:, None, None]
-    out += np.asarray(t)[:, None, :]
+    """Apply batched transforms: x (B, N, 3), s (B,), r (B, 3, 3), t (B, 3) -> (B, N, 3).
+
+    float32 input stays float32 (bulk data); anything else is computed in float64.
+    """
+    x = np.asarray(x)
+    ft = np.float32 if x.dtype == np.float32 else np.float64
+    x = x.astype(ft, copy=False)
+    sr = (np.asarray(s, dtype=np.float64)[:, None, None] * np.asarray(r)).astype(ft)
+    out = np.matmul(x, sr.transpose(0, 2, 1))
+    out += np.asarray(t, dtype=ft)[:, None, :]
     return out
 
 

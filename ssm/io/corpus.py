@@ -241,6 +241,7 @@ class Corpus:
                                  "re-run the same 'ssm corpus import' to resume it")
         self._v = f["subjects/vertices"]
         self._valid = f["subjects/valid"] if "subjects/valid" in f else None
+        self._scratch = None  # uncompressed copy of the vertices, see stage()
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -289,12 +290,57 @@ class Corpus:
                           int(self._f.attrs.get("format_version", 0)), self.provenance)
 
     # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- staging
+    @property
+    def is_compressed(self) -> bool:
+        return self._v.compression is not None
+
+    def stage(self, directory: str | None = None) -> bool:
+        """Copy the vertices once into an uncompressed scratch file for repeated passes.
+
+        Training reads the corpus 6-10 times; decompressing each time dominates for large
+        corpora. The scratch file lives in ``directory`` (default: the system temp dir),
+        is deleted on close, and is read with plain file reads, so it costs disk and page
+        cache but not process memory. Returns False (and stays unstaged) when the disk
+        has no room for it.
+        """
+        import tempfile
+
+        if self._scratch is not None:
+            return True
+        row = self.n_vertices * 3 * self._v.dtype.itemsize
+        fh = tempfile.TemporaryFile(dir=directory, prefix="ssm-corpus-")
+        try:
+            step = self.chunk_size(dtype=self._v.dtype)
+            for start in range(0, self.n_subjects, step):
+                fh.write(np.ascontiguousarray(self._v[start:start + step]).tobytes())
+            fh.flush()
+        except OSError:
+            fh.close()
+            return False
+        self._scratch = (fh, row)
+        return True
+
+    def _read_rows(self, lo: int, hi: int) -> np.ndarray:
+        if self._scratch is None:
+            return self._v[lo:hi]
+        fh, row = self._scratch
+        out = np.empty((hi - lo, self.n_vertices, 3), dtype=self._v.dtype)
+        fh.seek(lo * row)
+        fh.readinto(memoryview(out).cast("B"))
+        return out
+
     def read(self, indices: np.ndarray | slice | None = None, dtype=np.float64) -> np.ndarray:
         """Vertices of some subjects, (S', N, 3) ``dtype``, corpus units."""
         if indices is None:
             indices = slice(None)
         if isinstance(indices, slice):
+            lo, hi, step = indices.indices(self.n_subjects)
+            if step == 1:
+                return self._read_rows(lo, hi).astype(dtype, copy=False)
             return self._v[indices].astype(dtype, copy=False)
+        if self._scratch is not None:
+            return _take_rows(self._read_rows, np.asarray(indices)).astype(dtype, copy=False)
         return _take(self._v, np.asarray(indices)).astype(dtype, copy=False)
 
     def read_masks(self, indices: np.ndarray | slice | None = None) -> np.ndarray | None:
@@ -324,15 +370,22 @@ class Corpus:
             for start in range(0, self.n_subjects, chunk):
                 sl = slice(start, min(start + chunk, self.n_subjects))
                 idx = np.arange(sl.start, sl.stop)
-                yield idx, self._v[sl].astype(dtype, copy=False), (
+                yield idx, self._read_rows(sl.start, sl.stop).astype(dtype, copy=False), (
                     None if self._valid is None else self._valid[sl])
         else:
             subjects = np.asarray(subjects)
             for start in range(0, len(subjects), chunk):
                 idx = subjects[start:start + chunk]
-                yield idx, self.read(idx, dtype), self.read_masks(idx)
+                if idx[-1] - idx[0] + 1 == len(idx) and np.all(np.diff(idx) == 1):  # contiguous
+                    sl = slice(int(idx[0]), int(idx[-1]) + 1)
+                    yield idx, self.read(sl, dtype), self.read_masks(sl)
+                else:
+                    yield idx, self.read(idx, dtype), self.read_masks(idx)
 
     def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch[0].close()
+            self._scratch = None
         if self._f.id.valid:
             self._f.close()
 
@@ -354,3 +407,13 @@ def _take(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
     else:
         block = ds[uniq]
     return block[inv]
+
+
+def _take_rows(read_rows, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (any order, repeats allowed) through a ``read_rows(lo, hi)`` reader."""
+    uniq, inv = np.unique(idx, return_inverse=True)
+    parts = []
+    breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+    for run in np.split(uniq, breaks):
+        parts.append(read_rows(int(run[0]), int(run[-1]) + 1))
+    return np.concatenate(parts)[inv]

@@ -68,7 +68,8 @@ def pca_exact(x: np.ndarray | torch.Tensor, n_components: int | None = None,
 
 def pca_streamed(blocks: RowBlocks, n_rows: int, n_cols: int, n_components: int,
                  oversample: int | None = None, n_iter: int = 4, seed: int = 0,
-                 device: torch.device | str = "cpu", progress: Progress | None = None):
+                 device: torch.device | str = "cpu", progress: Progress | None = None,
+                 dtype: torch.dtype = torch.float32):
     """Randomized PCA over row blocks read ``n_iter + 1`` times.
 
     blocks : callable returning an iterable of row blocks (b, D), float, in
@@ -77,6 +78,8 @@ def pca_streamed(blocks: RowBlocks, n_rows: int, n_cols: int, n_components: int,
     oversample : extra random directions (default max(10, K // 2)).
     n_iter : power iterations (each one pass); 4 gives eigenvalues to well under 1 %
         for a decaying spectrum.
+    dtype : precision of the large block products (float32 halves their cost and
+        memory traffic); sums over blocks, QR and the eigen-solve are float64.
     """
     if n_rows < 2:
         raise ValueError("PCA needs at least 2 subjects")
@@ -87,7 +90,8 @@ def pca_streamed(blocks: RowBlocks, n_rows: int, n_cols: int, n_components: int,
     dev = torch.device(device)
 
     def as_t(block) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(block), dtype=torch.float64).to(dev, non_blocking=True)
+        t = block if torch.is_tensor(block) else torch.as_tensor(np.asarray(block))
+        return t.to(dev, dtype=dtype, non_blocking=True)
 
     # Pass 1: Y = X^T Omega with Omega (S, ell) drawn block by block (same for any chunking)
     # Centring without a separate pass: with mu the mean row and X_c = X - 1 mu^T,
@@ -100,10 +104,10 @@ def pca_streamed(blocks: RowBlocks, n_rows: int, n_cols: int, n_components: int,
     for blk in blocks():
         xb = as_t(blk)
         om = torch.randn((xb.shape[0], ell), generator=gen, dtype=torch.float64).to(dev)
-        y += xb.T @ om
-        colsum += xb.sum(dim=0)
+        y += (xb.T @ om.to(dtype)).double()
+        colsum += xb.sum(dim=0, dtype=torch.float64)
         omsum += om.sum(dim=0)
-        total += float((xb * xb).sum())
+        total += float((xb.double() ** 2).sum()) if dtype != torch.float64 else float((xb * xb).sum())
         start += xb.shape[0]
         if progress:
             progress("PCA pass 1", start, n_rows)
@@ -116,10 +120,11 @@ def pca_streamed(blocks: RowBlocks, n_rows: int, n_cols: int, n_components: int,
     m = None
     for it in range(max(1, n_iter)):
         y = torch.zeros_like(q)
+        qd = q.to(dtype)
         done = 0
         for blk in blocks():
             xb = as_t(blk)
-            y += xb.T @ (xb @ q)
+            y += (xb.T @ (xb @ qd)).double()
             done += xb.shape[0]
             if progress:
                 progress(f"PCA pass {it + 2}", done, n_rows)

@@ -49,14 +49,16 @@ class GPAResult:
 
 
 def _centroid_size(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    wn = w / w.sum(axis=1, keepdims=True)
-    c = np.matmul(wn[:, None, :], x)
-    return np.sqrt((wn * ((x - c) ** 2).sum(axis=2)).sum(axis=1))
+    """(B,) weighted RMS distance of each shape's points from its weighted centroid."""
+    wn = w / w.sum(axis=1, keepdims=True, dtype=np.float64).astype(w.dtype)
+    c = np.matmul(wn[:, None, :], x)[:, 0].astype(np.float64)  # (B, 3)
+    sq = (wn[:, :, None] * (x * x)).sum(axis=(1, 2), dtype=np.float64)
+    return np.sqrt(np.maximum(sq - (c * c).sum(1), 0.0))
 
 
 def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
                            weights: np.ndarray | None = None, subjects: np.ndarray | None = None,
-                           max_iter: int = 20, tol: float = 1e-7, chunk: int | None = None,
+                           max_iter: int = 20, tol: float = 1e-6, chunk: int | None = None,
                            progress: Progress | None = None) -> GPAResult:
     """Align the corpus subjects to their common mean.
 
@@ -77,30 +79,24 @@ def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
     rot = np.tile(np.eye(3), (s_count, 1, 1))
     trans = np.zeros((s_count, 3))
 
-    def chunks():
-        return corpus.iter_chunks(subjects, chunk)
+    def chunks():  # float32 bulk arithmetic; sums and transforms stay float64
+        return corpus.iter_chunks(subjects, chunk, dtype=np.float32)
 
-    # Pass 0: the reference (the first subject with the most valid vertices) and the
-    # average size of the inputs.
+    # The reference: the first subject with the most valid vertices, centred. In
+    # similarity mode the mean is rescaled after the first pass to the average centroid
+    # size of the inputs (measured during that pass).
     ref_subject = subjects[0]
     if corpus.has_masks:
         counts = np.concatenate([m.sum(axis=1) for _, _, m in corpus.iter_chunks(subjects, chunk)])
         ref_subject = subjects[int(np.argmax(counts))]
-    first = corpus.read([ref_subject])[0]
+    first = corpus.read([ref_subject])[0].astype(np.float64)
     m0 = corpus.read_masks([ref_subject])
     w0 = base_w * (1.0 if m0 is None else m0[0])
-    sizes = []
-    if mode == "similarity":
-        for _, v, m in chunks():
-            sizes.append(_centroid_size(v, np.broadcast_to(base_w, v.shape[:2]) * (1 if m is None else m)))
-        target_size = float(np.mean(np.concatenate(sizes)))
-    else:
-        target_size = None
     ref = first - (w0[:, None] * first).sum(0) / w0.sum()
-    if target_size is not None:
-        ref *= target_size / float(_centroid_size(ref[None], w0[None])[0])
     if mode == "none":
         max_iter = 1
+    is_sim = mode == "similarity"
+    base_w32 = base_w.astype(np.float32)
 
     mean = ref
     converged = False
@@ -109,29 +105,41 @@ def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
     for it in range(1, max_iter + 1):
         acc = np.zeros((n, 3))
         cnt = np.zeros(n)
+        sizes = []
         pos = 0
         for idx, v, m in chunks():
             b = len(idx)
-            valid = np.ones((b, n)) if m is None else m.astype(np.float64)
+            if m is not None and m.all():
+                m = None
+            w = base_w32 if m is None else m.astype(np.float32) * base_w32
+            if it == 1 and is_sim:
+                sizes.append(_centroid_size(v, np.broadcast_to(w, v.shape[:2])))
             if mode != "none":
-                s, r, t = fit_similarity(v, mean, weights=valid * base_w, scale=(mode == "similarity"))
+                s, r, t = fit_similarity(v, mean, weights=w, scale=is_sim)
                 scale[pos:pos + b], rot[pos:pos + b], trans[pos:pos + b] = s, r, t
             aligned = apply_similarity(v, scale[pos:pos + b], rot[pos:pos + b], trans[pos:pos + b])
-            acc += (aligned * valid[:, :, None]).sum(axis=0)
-            cnt += valid.sum(0)
+            if m is None:
+                acc += aligned.sum(axis=0, dtype=np.float64)
+                cnt += b
+            else:
+                acc += (aligned * m[:, :, None]).sum(axis=0, dtype=np.float64)
+                cnt += m.sum(0)
             pos += b
             if progress:
                 progress(f"Procrustes pass {it}", pos, s_count)
         new_mean = np.where(cnt[:, None] > 0, acc / np.maximum(cnt, 1)[:, None], mean)
+        if it == 1 and is_sim:
+            target_size = float(np.mean(np.concatenate(sizes)))
+            ref = ref * (target_size / float(_centroid_size(ref[None], w0[None])[0]))
         if mode != "none":
             # keep the mean's pose and size fixed to the reference frame
-            s, r, t = fit_similarity(new_mean, ref, weights=base_w * (cnt > 0), scale=(mode == "similarity"))
+            s, r, t = fit_similarity(new_mean, ref, weights=base_w * (cnt > 0), scale=is_sim)
             new_mean = s * new_mean @ r.T + t
         change = float(np.sqrt(((new_mean - mean) ** 2).sum(1).mean()))
         size = float(np.sqrt(((new_mean - new_mean.mean(0)) ** 2).sum(1).mean()))
         mean = new_mean
         log.debug("GPA iteration %d: mean moved %.3g", it, change)
-        if mode == "none" or change <= tol * max(size, 1e-12):
+        if mode == "none" or (it > 1 and change <= tol * max(size, 1e-12)):
             converged = True
             break
     # The transforms of the last pass were fitted to a mean that moved less than tol since.

@@ -85,6 +85,8 @@ class ModelTrainer:
         c = Corpus(corpus) if own else corpus
         try:
             t0 = time.perf_counter()
+            if own and c.is_compressed and c.n_subjects * c.n_vertices * 24 > self.exact_max_bytes:
+                c.stage()  # many streamed passes follow: decompress once
             if c.n_subjects < 2:
                 raise SSMError(f"{c.path}: a model needs at least 2 subjects, the corpus has {c.n_subjects}")
             weights = self._weights(c)
@@ -179,6 +181,7 @@ class ModelTrainer:
         if method == "auto":
             method = "exact" if n_rows * d * 8 <= self.exact_max_bytes else "streamed"
         masks = c.has_masks
+        ids = c.ids if n_rows <= 5000 else None
         mean = gpa.mean
         basis, variances, total, shift = self._pca(c, gpa, mean, None, k, method, device)
         if fraction is not None:
@@ -211,37 +214,51 @@ class ModelTrainer:
                 "n_subjects": int(n_rows), "n_components": int(kk), "pca_method": method,
                 "device": str(device), "total_variance": float(total),
                 "gpa_iterations": gpa.iterations, "gpa_converged": gpa.converged,
-                "subject_ids": [c.ids[i] for i in subjects] if n_rows <= 5000 else None,
+                "subject_ids": [ids[i] for i in subjects] if n_rows <= 5000 else None,
             })
         return model, gpa
 
     def _rows(self, c: Corpus, gpa: GPAResult, mean: np.ndarray, first_model):
-        """Row-block provider: aligned subjects minus ``mean`` (completed, tangent-projected), (b, D)."""
-        centre = mean.mean(axis=0)
-        mc = mean - centre
+        """Row-block provider: aligned subjects minus ``mean`` (completed, tangent-projected).
+
+        Blocks are (b, 3N) float32 torch tensors on the CPU (bulk arithmetic in float32,
+        multi-threaded); the PCA moves them to its device.
+        """
+        import torch
+
+        mean_t = torch.tensor(np.asarray(mean, dtype=np.float32))
+        centre = torch.as_tensor(mean.mean(axis=0), dtype=torch.float32)
+        mc = mean_t - centre
+        mc2 = (mc * mc).sum(-1)  # (N,)
+        sr = torch.as_tensor(gpa.scale[:, None, None] * gpa.rotation, dtype=torch.float32)  # (S, 3, 3)
+        tr = torch.as_tensor(gpa.translation, dtype=torch.float32)
 
         def blocks():
             pos = 0
-            for idx, v, m in c.iter_chunks(gpa.subjects, self.chunk):
+            for idx, v, m in c.iter_chunks(gpa.subjects, self.chunk, dtype=np.float32):
                 b = len(idx)
-                x = gpa.align(np.arange(pos, pos + b), v)  # (b, N, 3)
+                x = torch.baddbmm(tr[pos:pos + b, None], torch.from_numpy(v), sr[pos:pos + b].transpose(1, 2))
                 pos += b
                 if m is not None and m.all():
                     m = None
                 if m is not None and first_model is not None:
-                    x = _complete(x, m, mean, *first_model, self.align)
+                    x = torch.from_numpy(_complete(x.numpy().astype(np.float64), m, mean, *first_model,
+                                                   self.align).astype(np.float32))
                     m = None
+                mt = None if m is None else torch.from_numpy(m)
                 if self.align == "similarity" and self.tangent:
                     # Kendall tangent-space projection: rescale each aligned shape so its
                     # component along the mean equals the mean; linear in the shape
                     # differences, which the PCA assumes (Dryden & Mardia, ch. 4).
-                    w = np.ones((b, x.shape[1])) if m is None else m.astype(np.float64)
-                    num = (w * (mc * mc).sum(-1)).sum(1)
-                    den = (w * ((x - centre) * mc).sum(-1)).sum(1)
-                    x = centre + (x - centre) * (num / den)[:, None, None]
-                x -= mean
-                if m is not None:
-                    x[~m] = 0.0  # mean imputation (first model)
+                    dots = ((x - centre) * mc).sum(-1)  # (b, N)
+                    if mt is None:
+                        f = mc2.sum() / dots.sum(1)
+                    else:
+                        f = (mc2 * mt).sum(1) / (dots * mt).sum(1)
+                    x = centre + (x - centre) * f[:, None, None]
+                x = x - mean_t
+                if mt is not None:
+                    x[~mt] = 0.0  # mean imputation (first model)
                 yield x.reshape(b, -1)
         return blocks
 
@@ -250,7 +267,9 @@ class ModelTrainer:
 
         blocks = self._rows(c, gpa, mean, first_model)
         if method == "exact":
-            x = np.concatenate(list(blocks()), axis=0)
+            import torch
+
+            x = torch.cat([b.double() for b in blocks()], dim=0)
             return pca_exact(x, k, device)
         return pca_streamed(blocks, len(gpa.subjects), 3 * c.n_vertices, k, self.oversample, self.n_iter,
                             self.seed, device, self.progress)
@@ -260,7 +279,7 @@ class ModelTrainer:
         out = []
         inv_sd = 1.0 / np.sqrt(np.maximum(model.variances, 1e-300))
         for x in self._rows(c, gpa, model.mean, None)():
-            out.append(np.linalg.norm((x @ model.basis) * inv_sd, axis=1))
+            out.append(np.linalg.norm((x.double().numpy() @ model.basis) * inv_sd, axis=1))
         return np.concatenate(out)
 
 
