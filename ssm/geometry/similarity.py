@@ -155,3 +155,51 @@ def similarity_tangent_basis(shape: np.ndarray, scale: bool = True) -> np.ndarra
         cols.append(xc.reshape(-1))
     q, _ = np.linalg.qr(np.stack(cols, axis=1))
     return q
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    th = float(np.linalg.norm(w))
+    if th < 1e-12:
+        return np.eye(3)
+    k = w / th
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(th) * kx + (1 - np.cos(th)) * kx @ kx
+
+
+def similarity_step(p: np.ndarray, y: np.ndarray, n: np.ndarray | None, w_plane: np.ndarray,
+                    w_point: np.ndarray, scale: bool = True) -> Similarity:
+    """One Gauss-Newton step of a similarity moving points ``p`` towards ``y``.
+
+    Minimises ``sum w_plane (n.(T p - y))^2 + w_point ||T p - y||^2`` linearised about
+    the identity (point-to-plane ICP with an optional point-to-point part, which converges
+    much faster than point-to-point alone on smooth surfaces). p, y, n : (C, 3) in one
+    frame; returns the increment ``T`` (apply it after the current pose).
+    """
+    c = (p * (w_plane + w_point)[:, None]).sum(0) / max(float((w_plane + w_point).sum()), 1e-300)
+    q = p - c
+    d = p - y
+    npar = 7 if scale else 6
+    rows, rhs, wts = [], [], []
+    if n is not None and np.any(w_plane > 0):
+        j = np.concatenate([np.cross(q, n), n, (n * q).sum(1, keepdims=True)], axis=1)[:, :npar]
+        rows.append(j)
+        rhs.append(-(n * d).sum(1))
+        wts.append(w_plane)
+    if np.any(w_point > 0):
+        zero = np.zeros(len(q))
+        for axis in range(3):
+            e = np.zeros(3)
+            e[axis] = 1.0
+            # d/dw (w x q)_axis = (q x e_axis); translation picks e_axis; scale q_axis
+            j = np.concatenate([np.cross(q, e), np.broadcast_to(e, q.shape), q[:, axis:axis + 1]], axis=1)
+            rows.append(j[:, :npar])
+            rhs.append(-d[:, axis] + zero)
+            wts.append(w_point)
+    a = np.concatenate(rows)
+    b = np.concatenate(rhs)
+    w = np.concatenate(wts)
+    ata = (a * w[:, None]).T @ a + 1e-9 * np.eye(npar)
+    x = np.linalg.solve(ata, (a * w[:, None]).T @ b)
+    r = _rodrigues(x[:3])
+    s = 1.0 + (x[6] if scale else 0.0)
+    return Similarity(float(s), r, c + x[3:6] - s * r @ c)

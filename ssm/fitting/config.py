@@ -1,0 +1,49 @@
+"""Settings and schedules of the fitting stages (all lengths in model units, mm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Defaults suit a head model in mm and scans of 0.3-2 mm sampling.
+
+    Landmarks
+      landmark_sigma_mm : assumed landmark noise when the file gives none.
+      ransac_threshold_mm, ransac_iterations : robust landmark similarity.
+    Automatic initialisation
+      auto_points : scan points used by the search; auto_icp_iterations per hypothesis.
+    Correspondences
+      max_distance_mm : initial gate; later gates adapt to the residuals (k sigma) but
+        never go below ``min_distance_mm``.
+      normal_cos : minimum cosine between model and scan normals.
+      scan_samples : scan points used for scan->model matches each iteration.
+    Model fit
+      component_schedule : numbers of components, coarse to fine (clipped to K).
+      iterations_per_level : iterations at each schedule level.
+      point_to_plane : weight of the normal (vs full 3D) residual, in [0, 1].
+    Non-rigid ICP
+      nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
+        mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
+        the model fit; nicp = False skips the stage.
+    """
+
+    landmark_sigma_mm: float = 2.0
+    ransac_threshold_mm: float = 12.0
+    ransac_iterations: int = 300
+    auto_points: int = 1500
+    auto_icp_iterations: int = 12
+    max_distance_mm: float = 20.0
+    min_distance_mm: float = 2.0
+    normal_cos: float = 0.3
+    scan_samples: int = 20000
+    component_schedule: tuple[int, ...] = (6, 20, 60, 100000)
+    iterations_per_level: int = 5
+    point_to_plane: float = 0.7
+    nicp: bool = True
+    nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
+    nicp_iterations: int = 2
+    nicp_model_weight: float = 0.02
+    pose_iterations: int = 3
+    seed: int = 0

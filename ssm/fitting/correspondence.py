@@ -1,0 +1,102 @@
+"""Closest-point correspondences between a model instance and a scan, with rejection.
+
+Matches are made in both directions: every model vertex looks for its nearest scan
+point (model -> scan), and a sample of scan points looks for their nearest model vertex
+(scan -> model), whose targets are averaged per vertex. Model -> scan matches that land
+on the scan's border are dropped, so a partial scan does not drag the unseen parts of the
+model onto its edge; scan -> model matches keep small scan regions from being ignored.
+Pairs farther than a gate or with incompatible normals are rejected, and the survivors
+get robust (Geman-McClure) weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ssm.fitting.scan import Scan
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Targets for some model vertices.
+
+    vertex : (C,) model vertex indices (unique); target : (C, 3) scan frame;
+    normal : (C, 3) unit scan normals at the targets (zero if unknown);
+    weight : (C,) in (0, 1]; distance_mm : (C,) residual before the update, mm.
+    """
+
+    vertex: np.ndarray
+    target: np.ndarray
+    normal: np.ndarray
+    weight: np.ndarray
+    distance_mm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.vertex)
+
+
+def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm_per_unit: float,
+                         gate_mm: float, normal_cos: float, scan_samples: int,
+                         rng: np.random.Generator, candidates: np.ndarray | None = None) -> Correspondences:
+    """Correspondences for model vertices ``verts`` (N, 3) already in the scan frame.
+
+    vnormals : (N, 3) model vertex normals in the scan frame.
+    mm_per_unit : scan units -> mm (1 / pose scale), for the gate and residuals.
+    candidates : (N,) bool, vertices allowed to match (default all).
+    """
+    n = len(verts)
+    allowed = np.ones(n, bool) if candidates is None else candidates
+    gate = gate_mm / mm_per_unit
+    # model -> scan
+    d, j = scan.tree.query(verts, distance_upper_bound=gate)
+    ok = np.isfinite(d) & allowed
+    jj = np.where(ok, j, 0)
+    ok &= ~scan.boundary[jj]
+    cos = (vnormals * scan.normals[jj]).sum(1)
+    ok &= (cos if scan.oriented else np.abs(cos)) >= normal_cos
+    tgt_sum = np.zeros((n, 3))
+    nrm_sum = np.zeros((n, 3))
+    cnt = np.zeros(n)
+    tgt_sum[ok] = scan.points[j[ok]]
+    nrm_sum[ok] = scan.normals[j[ok]]
+    cnt[ok] = 1.0
+    # scan -> model
+    m = len(scan.points)
+    pick = np.flatnonzero(~scan.boundary | (np.linalg.norm(scan.normals, axis=1) > 0))
+    if len(pick) > scan_samples:
+        pick = rng.choice(pick, scan_samples, replace=False)
+    idx_allowed = np.flatnonzero(allowed)
+    if len(pick) and len(idx_allowed):
+        tree = cKDTree(verts[idx_allowed])
+        d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate)
+        ok2 = np.isfinite(d2)
+        vi = idx_allowed[np.where(ok2, i2, 0)]
+        c2 = (vnormals[vi] * scan.normals[pick]).sum(1)
+        ok2 &= (c2 if scan.oriented else np.abs(c2)) >= normal_cos
+        ok2 &= np.linalg.norm(scan.normals[pick], axis=1) > 0
+        vi, pts = vi[ok2], scan.points[pick[ok2]]
+        np.add.at(tgt_sum, vi, pts)
+        np.add.at(nrm_sum, vi, scan.normals[pick[ok2]])
+        np.add.at(cnt, vi, 1.0)
+    del m
+    have = np.flatnonzero(cnt > 0)
+    target = tgt_sum[have] / cnt[have, None]
+    nrm = nrm_sum[have]
+    nn = np.linalg.norm(nrm, axis=1, keepdims=True)
+    nrm = np.divide(nrm, nn, out=np.zeros_like(nrm), where=nn > 0)
+    dist_mm = np.linalg.norm(target - verts[have], axis=1) * mm_per_unit
+    # robust weights: Geman-McClure with a scale from the median residual
+    scale = max(1.4826 * float(np.median(dist_mm)) if len(dist_mm) else 1.0, 0.5)
+    w = 1.0 / (1.0 + (dist_mm / (2.0 * scale)) ** 2) ** 2
+    return Correspondences(have, target, nrm, w, dist_mm)
+
+
+def adaptive_gate(previous: Correspondences | None, config_max: float, config_min: float) -> float:
+    """Distance gate (mm) for the next search: 3 robust sigmas of the last residuals."""
+    if previous is None or len(previous) < 10:
+        return config_max
+    sigma = 1.4826 * float(np.median(previous.distance_mm))
+    return float(np.clip(4.0 * sigma + 1.0, config_min, config_max))

@@ -1,0 +1,104 @@
+"""Matching a scan's landmark file to the model's named landmarks.
+
+Names are compared after normalisation (case, spaces, dashes); common names of the
+iBUG-68 points (eye corners, nose tip, mouth corners, ...) and ``ibugNN`` / plain
+indices map to the same iBUG index, so a file saying "right eye outer" matches a model
+landmark called ``ibug36`` or ``right_eye_outer``. Unnamed rows are taken in the model's
+landmark order (NaN rows = missing), or as iBUG-68 order when there are 68 of them and
+the model names iBUG points.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ssm.errors import InputFileError
+from ssm.io.landmarks import LandmarkPoints
+
+#: common names of iBUG-68 points (0-based indices; "right" = the subject's right)
+IBUG_ALIASES = {
+    "chin": 8, "menton": 8, "gnathion": 8,
+    "right_eye_outer": 36, "right_eye_inner": 39, "left_eye_inner": 42, "left_eye_outer": 45,
+    "right_exocanthion": 36, "right_endocanthion": 39, "left_endocanthion": 42, "left_exocanthion": 45,
+    "nose_tip": 30, "pronasale": 30, "subnasale": 33, "nasion": 27,
+    "right_mouth_corner": 48, "left_mouth_corner": 54, "right_cheilion": 48, "left_cheilion": 54,
+    "upper_lip": 51, "labiale_superius": 51, "lower_lip": 57, "labiale_inferius": 57,
+    "right_brow_outer": 17, "right_brow_inner": 21, "left_brow_inner": 22, "left_brow_outer": 26,
+    "right_alar": 31, "left_alar": 35,
+}
+
+
+def normalise_name(name: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    s = s.replace("corner_of_mouth", "mouth_corner").replace("_corner_mouth", "_mouth_corner")
+    s = re.sub(r"^(r|l)_", lambda m: {"r": "right_", "l": "left_"}[m.group(1)], s)
+    return s
+
+
+def ibug_index(name: str) -> int | None:
+    """The iBUG-68 index a landmark name refers to, if any."""
+    s = normalise_name(name)
+    m = re.fullmatch(r"(?:ibug|lm|landmark|pt|point)?_?(\d{1,2})", s)
+    if m and int(m.group(1)) < 68:
+        return int(m.group(1))
+    return IBUG_ALIASES.get(s)
+
+
+@dataclass(frozen=True)
+class MatchedLandmarks:
+    """Scan landmarks paired with model vertices.
+
+    vertex : (L,) model vertex indices; points : (L, 3) scan frame and units;
+    names : model landmark names; covariances : (L, 3, 3) scan units^2 or None.
+    """
+
+    vertex: np.ndarray
+    points: np.ndarray
+    names: tuple[str, ...]
+    covariances: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.vertex)
+
+
+def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: str = "landmarks") -> MatchedLandmarks:
+    """Pair the rows of a landmark file with the model's landmarks (see module doc)."""
+    if not model_landmarks:
+        raise InputFileError(path, "the model has no named landmarks",
+                             "train it from a corpus imported with --landmarks, or fit without --landmarks")
+    names = list(model_landmarks)
+    pairs: list[tuple[str, int]] = []  # (model name, row)
+    if lp.names is not None:
+        by_norm = {normalise_name(n): n for n in names}
+        by_ibug = {ibug_index(n): n for n in names if ibug_index(n) is not None}
+        unknown = []
+        for row, raw in enumerate(lp.names):
+            hit = by_norm.get(normalise_name(raw))
+            if hit is None and ibug_index(raw) is not None:
+                hit = by_ibug.get(ibug_index(raw))
+            if hit is None:
+                unknown.append(raw)
+            else:
+                pairs.append((hit, row))
+        if unknown and not pairs:
+            raise InputFileError(path, f"none of the landmark names match the model's ({', '.join(unknown[:4])}"
+                                       f"{' ...' if len(unknown) > 4 else ''})",
+                                 f"use the model's names: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    elif len(lp) == len(names):
+        pairs = [(n, i) for i, n in enumerate(names)]
+    elif len(lp) == 68 and sum(ibug_index(n) is not None for n in names) >= 3:
+        by_ibug = {ibug_index(n): n for n in names if ibug_index(n) is not None}
+        pairs = [(by_ibug[i], i) for i in range(68) if i in by_ibug]
+    else:
+        raise InputFileError(path, f"{len(lp)} unnamed landmarks but the model has {len(names)}",
+                             "give all of them in the model's order (NaN rows for missing) or name the rows")
+    pairs = [(n, r) for n, r in pairs if np.all(np.isfinite(lp.points[r]))]
+    if not pairs:
+        raise InputFileError(path, "no usable landmark (all missing)", "fit without --landmarks")
+    rows = np.array([r for _, r in pairs])
+    cov = None if lp.covariances is None else lp.covariances[rows]
+    return MatchedLandmarks(np.array([model_landmarks[n] for n, _ in pairs]), lp.points[rows].copy(),
+                            tuple(n for n, _ in pairs), cov)

@@ -1,0 +1,199 @@
+"""``ssm.fit``: the fitting stages strung together."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ssm.errors import InputFileError, SSMError
+from ssm.fitting.config import FitConfig
+from ssm.fitting.init_auto import auto_similarity
+from ssm.fitting.init_landmarks import landmark_similarity
+from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
+from ssm.fitting.model_fit import fit_model, instance_normals
+from ssm.fitting.nicp import nicp
+from ssm.fitting.result import FitResult
+from ssm.fitting.scan import Scan, load_scan, scan_from_arrays
+from ssm.fitting.stage import StageReport, residual_stats
+from ssm.fitting.correspondence import find_correspondences
+from ssm.geometry.similarity import Similarity, fit_similarity
+from ssm.io.units import MM_PER_UNIT, mm_per_unit
+from ssm.models.shape_model import ShapeModel
+
+log = logging.getLogger(__name__)
+
+
+def _as_scan(scan) -> Scan:
+    if isinstance(scan, Scan):
+        return scan
+    if isinstance(scan, (str, os.PathLike)):
+        return load_scan(scan)
+    if isinstance(scan, tuple):
+        return scan_from_arrays(*scan)
+    return scan_from_arrays(np.asarray(scan))
+
+
+def _as_landmarks(model: ShapeModel, landmarks) -> MatchedLandmarks | None:
+    if landmarks is None or isinstance(landmarks, MatchedLandmarks):
+        return landmarks
+    from ssm.io.landmarks import LandmarkPoints, read_landmark_points
+
+    path = "landmarks"
+    if isinstance(landmarks, (str, os.PathLike)):
+        path = str(landmarks)
+        landmarks = read_landmark_points(landmarks)
+    elif not isinstance(landmarks, LandmarkPoints):
+        landmarks = LandmarkPoints(np.asarray(landmarks, dtype=np.float64))
+    return match_landmarks(dict(model.landmarks), landmarks, path)
+
+
+def _as_pose(pose) -> Similarity | None:
+    if pose is None or isinstance(pose, Similarity):
+        return pose
+    if isinstance(pose, (str, os.PathLike)):
+        try:
+            m = np.loadtxt(pose, ndmin=2, delimiter=None)
+        except ValueError as exc:
+            raise InputFileError(pose, "is not a 4x4 matrix of numbers", "write 4 rows of 4 numbers") from exc
+        if m.shape != (4, 4):
+            raise InputFileError(pose, f"holds a {m.shape} matrix", "the pose must be 4x4 (model -> scan)")
+        try:
+            return Similarity.from_matrix(m)
+        except ValueError as exc:
+            raise InputFileError(pose, str(exc), "give a rotation/scale/translation matrix") from exc
+    return Similarity.from_matrix(np.asarray(pose, dtype=np.float64))
+
+
+def _units_name(units_per_mm: float) -> str:
+    """Closest named unit to a scale (scan units per mm)."""
+    best = min(MM_PER_UNIT, key=lambda u: abs(np.log(units_per_mm * MM_PER_UNIT[u])))
+    return best
+
+
+def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto", device: str = "auto",
+        config: FitConfig | None = None) -> FitResult:
+    """Fit ``model`` to a raw scan.
+
+    model : a ShapeModel in mm.
+    scan : path (mesh or point cloud), :class:`Scan`, (vertices, faces) tuple or (P, 3) array.
+    landmarks : path (CSV / LJSON / scalismo JSON), LandmarkPoints, or (L, 3) array in the
+        model's landmark order (NaN rows missing); scan frame and units.
+    pose : initial model -> scan transform, (4, 4) array or path of a text file.
+    units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
+    device : accepted for API symmetry ("auto" | "cpu" | "cuda"); the fitting arithmetic
+        is sparse CPU work (KD-trees, small dense solves, a sparse LU).
+    Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
+    """
+    cfg = config or FitConfig()
+    t_start = time.perf_counter()
+    sc = _as_scan(scan)
+    lms = _as_landmarks(model, landmarks)
+    init_pose = _as_pose(pose)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise SSMError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    units_per_mm = None if units in (None, "auto") else 1.0 / mm_per_unit(units)
+    similarity_model = str(model.provenance.get("align", "similarity")) == "similarity"
+    fixed_scale = units_per_mm if (units_per_mm is not None and not similarity_model) else None
+    stages: list[StageReport] = []
+    lm_mask = None
+
+    # 1-2: initialisation
+    if init_pose is not None:
+        sim = init_pose
+        stages.append(StageReport("given_pose", 0.0, float("nan"), float("nan"), 0))
+    elif lms is not None and len(lms) >= 3:
+        sim, lm_mask, rep = landmark_similarity(model.mean[lms.vertex], lms, cfg, fixed_scale)
+        stages.append(rep)
+    else:
+        if lms is not None:
+            log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
+        sim, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm)
+        stages.append(rep)
+
+    # 3: rigid / similarity refinement (pose only)
+    t0 = time.perf_counter()
+    rigid_cfg = dataclasses.replace(cfg, component_schedule=(0,), iterations_per_level=8)
+    state, rep = fit_model(model, sc, sim, rigid_cfg, lms, lm_mask, fixed_scale)
+    stages.append(dataclasses.replace(rep, name="rigid_refine", seconds=time.perf_counter() - t0))
+
+    # 4: model fit, coarse to fine
+    state, rep = fit_model(model, sc, state.pose, cfg, lms, lm_mask, fixed_scale, coeffs=state.coeffs)
+    stages.append(rep)
+    x_model = model.instance(state.coeffs)
+
+    # 5: non-rigid ICP
+    x = x_model
+    if cfg.nicp:
+        x, rep = nicp(model, sc, state.pose, x_model, cfg, lms, lm_mask, state.correspondences)
+        stages.append(rep)
+
+    # 6: pose refinement with the final shape
+    pose, rep = refine_pose(model, sc, state.pose, x, cfg, fixed_scale)
+    stages.append(rep)
+
+    verts_scan = pose.apply(x)
+    dist = distance_to_scan(verts_scan, sc) / pose.scale
+    lm_err = {}
+    if lms is not None:
+        err = np.linalg.norm(pose.inverse().apply(lms.points) - x[lms.vertex], axis=1)
+        lm_err = {n: float(e) for n, e in zip(lms.names, err)}
+    rejected = tuple(lms.names[i] for i in np.flatnonzero(~lm_mask)) if lm_mask is not None else ()
+    final = stages[-1]
+    n_corr = final.n_correspondences
+    converged = bool(np.isfinite(final.residual_median_mm) and final.residual_median_mm < 3.0
+                     and n_corr >= 0.05 * model.n_vertices)
+    message = "" if converged else (f"did not converge: median residual {final.residual_median_mm:.2f} mm "
+                                    f"over {n_corr} correspondences")
+    if units_per_mm is not None:
+        units_name, estimated = units, False
+    else:
+        units_name, estimated = _units_name(pose.scale), True
+    log.info("fit done in %.2f s", time.perf_counter() - t_start)
+    return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
+                     rejected, units_name, estimated, converged, message)
+
+
+def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,
+                fixed_scale: float | None) -> tuple[Similarity, StageReport]:
+    """Stage 6: re-estimate the similarity pose for the final shape ``x`` (model frame)."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed + 2)
+    start = pose
+    corr = None
+    for _ in range(cfg.pose_iterations):
+        xs = pose.apply(x)
+        ns = instance_normals(model, x) @ pose.rotation.T
+        corr = find_correspondences(xs, ns, scan, 1.0 / pose.scale, max(cfg.min_distance_mm, 5.0), cfg.normal_cos,
+                                    cfg.scan_samples, rng)
+        if len(corr) < 10:
+            break
+        s, r, t = fit_similarity(x[corr.vertex], corr.target, weights=corr.weight, scale=fixed_scale is None)
+        if fixed_scale is not None:
+            s = fixed_scale
+            w = corr.weight
+            t = (w[:, None] * corr.target).sum(0) / w.sum() - s * r @ ((w[:, None] * x[corr.vertex]).sum(0) / w.sum())
+        pose = Similarity(float(s), r, t)
+    moved = float(np.sqrt(((start.inverse().apply(pose.apply(x)) - x) ** 2).sum(1).mean()))
+    mean, med = residual_stats(corr.distance_mm if corr is not None else [])
+    return pose, StageReport("pose_refine", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
+                             extra={"vertex_shift_rms_mm": moved})
+
+
+def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:
+    """(N,) distance (scan units) from points in the scan frame to the scan surface / points."""
+    if len(scan.faces):
+        from ssm.geometry.surface_distance import point_to_surface
+
+        return point_to_surface(points, scan.points, scan.faces)
+    d, _ = scan.tree.query(points)
+    return d
+
+
+def fit_file(model: ShapeModel, scan_path: str | Path, **kwargs) -> FitResult:
+    """Convenience: fit a scan file."""
+    return fit(model, scan_path, **kwargs)

@@ -1,0 +1,74 @@
+"""The result of a fit: the model's topology on the scan, with how it got there."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ssm.fitting.stage import StageReport
+from ssm.geometry.similarity import Similarity
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A fitted mesh in the model's topology.
+
+    vertices : (N, 3) float64, the scan's frame and units.
+    vertices_model : (N, 3) float64, model frame, mm (pose removed).
+    model_fit_model : (N, 3) model frame, the model instance alone (no NICP detail).
+    triangles : (M, 3) model triangles.
+    pose : Similarity model (mm) -> scan frame; its scale is scan units per mm times
+        the subject's size relative to the model (for similarity-aligned models).
+    coefficients : (K,) standardised model coefficients.
+    distance_mm : (N,) distance of each fitted vertex to the scan surface, mm.
+    stages : per-stage reports (residuals in mm, seconds).
+    landmark_errors_mm : model landmark name -> distance to the scan landmark (mm).
+    rejected_landmarks : landmarks the robust initialisation left out.
+    units : the scan's units (given, or estimated from the fitted scale).
+    converged : False when the fit did not converge (the result is still written).
+    """
+
+    vertices: np.ndarray
+    vertices_model: np.ndarray
+    model_fit_model: np.ndarray
+    triangles: np.ndarray | None
+    pose: Similarity
+    coefficients: np.ndarray
+    distance_mm: np.ndarray
+    stages: tuple[StageReport, ...]
+    landmark_errors_mm: dict = field(default_factory=dict)
+    rejected_landmarks: tuple[str, ...] = ()
+    units: str = "mm"
+    units_estimated: bool = False
+    converged: bool = True
+    message: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(s.seconds for s in self.stages))
+
+    def summary(self) -> dict:
+        """JSON-serialisable summary (what fit.json holds)."""
+        d = self.distance_mm
+        finite = d[np.isfinite(d)]
+        return {
+            "converged": self.converged,
+            "message": self.message,
+            "units": self.units,
+            "units_estimated": self.units_estimated,
+            "pose_model_to_scan": self.pose.matrix().tolist(),
+            "scale": self.pose.scale,
+            "coefficients": [float(c) for c in self.coefficients],
+            "mahalanobis": float(np.linalg.norm(self.coefficients)),
+            "distance_to_scan_mm": {
+                "mean": float(finite.mean()) if finite.size else None,
+                "median": float(np.median(finite)) if finite.size else None,
+                "p95": float(np.quantile(finite, 0.95)) if finite.size else None,
+                "within_1mm": float((finite < 1.0).mean()) if finite.size else None,
+            },
+            "landmark_errors_mm": {k: float(v) for k, v in self.landmark_errors_mm.items()},
+            "rejected_landmarks": list(self.rejected_landmarks),
+            "stages": [asdict(s) for s in self.stages],
+            "seconds": self.seconds,
+        }

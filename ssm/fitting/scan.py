@@ -1,0 +1,123 @@
+"""A raw scan prepared for fitting: points, normals, boundary flags and a KD-tree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ssm.errors import InputFileError
+from ssm.geometry.mesh_ops import boundary_vertices, vertex_normals
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A scan in its own frame and units.
+
+    points : (P, 3) float64; faces : (F, 3) int64 (empty for point clouds).
+    normals : (P, 3) unit normals (zero where unknown, e.g. isolated vertices).
+    oriented : normals point outwards consistently (meshes) or not (point clouds).
+    boundary : (P,) bool, on a mesh border or hole (a model vertex matched there is
+        probably beyond what the scanner saw).
+    path : file it came from, for messages.
+    """
+
+    points: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray
+    oriented: bool
+    boundary: np.ndarray
+    path: str = "<array>"
+
+    @property
+    def tree(self) -> cKDTree:
+        t = self.__dict__.get("_tree")
+        if t is None:
+            t = cKDTree(self.points)
+            object.__setattr__(self, "_tree", t)
+        return t
+
+    @property
+    def diagonal(self) -> float:
+        return float(np.linalg.norm(np.ptp(self.points, axis=0)))
+
+
+def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normals: np.ndarray | None = None,
+                     path: str = "<array>", clean: bool = True) -> Scan:
+    """Prepare a scan from arrays (scan frame and units).
+
+    clean : drop stray points (isolated vertices far from the rest, as scanners leave)
+        from the matching set; they stay in the data but get no normal and are flagged.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) < 10:
+        raise InputFileError(path, f"needs at least 10 points, got {len(p) if p.ndim == 2 else 0}",
+                             "is the scan empty or degenerate?")
+    finite = np.isfinite(p).all(axis=1)
+    f = np.zeros((0, 3), np.int64) if faces is None else np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if not finite.all():  # drop NaN points, remap faces
+        remap = -np.ones(len(p), np.int64)
+        remap[finite] = np.arange(finite.sum())
+        p = p[finite]
+        f = remap[f]
+        f = f[(f >= 0).all(axis=1)]
+        if normals is not None:
+            normals = np.asarray(normals)[finite]
+    if np.linalg.norm(np.ptp(p, axis=0)) <= 0:
+        raise InputFileError(path, "all points coincide", "the scan is degenerate")
+    if len(f):
+        area = np.linalg.norm(np.cross(p[f[:, 1]] - p[f[:, 0]], p[f[:, 2]] - p[f[:, 0]]), axis=1)
+        f = f[area > 0]
+    if len(f):
+        n = vertex_normals(p, f)
+        oriented = True
+        boundary = boundary_vertices(f, len(p))
+        in_face = np.zeros(len(p), bool)
+        in_face[f.ravel()] = True
+        boundary |= ~in_face  # isolated vertices: no surface around them
+    else:
+        n, oriented = _estimate_normals(p, normals)
+        boundary = np.zeros(len(p), bool)
+    if clean:
+        stray = _stray_points(p)
+        n = n.copy()
+        n[stray] = 0.0
+        boundary = boundary | stray
+    return Scan(p, f, n, oriented, boundary, str(path))
+
+
+def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    if normals is not None and np.isfinite(normals).all():
+        nn = np.linalg.norm(normals, axis=1, keepdims=True)
+        return np.divide(normals, nn, out=np.zeros_like(normals), where=nn > 0), True
+    import open3d as o3d
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(16))
+    n = np.asarray(pcd.normals).copy()
+    # orient away from the centroid: right for most single-surface scans, and the
+    # matching uses |cos| for unoriented normals anyway
+    flip = ((p - p.mean(0)) * n).sum(1) < 0
+    n[flip] *= -1
+    return n, False
+
+
+def _stray_points(p: np.ndarray, k: int = 8, z: float = 4.0) -> np.ndarray:
+    """Points whose mean distance to their k neighbours is far above typical."""
+    tree = cKDTree(p)
+    d, _ = tree.query(p, k=min(k + 1, len(p)))
+    md = d[:, 1:].mean(axis=1)
+    med = np.median(md)
+    mad = np.median(np.abs(md - med)) + 1e-12
+    return md > med + z * 1.4826 * mad + 2 * med
+
+
+def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
+    """Read a mesh (PLY/OBJ/STL/OFF/GLB) or point cloud (XYZ/PTS/PCD/PLY) as a Scan."""
+    from ssm.io.meshes import read_mesh
+
+    data = read_mesh(path, allow_points=True, allow_nan=True)
+    return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean)
