@@ -185,6 +185,69 @@ def _print_evaluation(ev) -> None:
 
 
 @app.command()
+def fit(
+    model: Path = typer.Argument(..., help="Model file (.h5)."),
+    scans: List[Path] = typer.Argument(..., help="Raw scans: meshes (PLY/OBJ/STL/OFF/GLB) or point clouds (XYZ/PTS/PCD)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per scan when several)."),
+    landmarks: Optional[str] = typer.Option(None, help="Landmark file (CSV/LJSON/scalismo JSON); with several "
+                                                       "scans use {stem}, e.g. 'lm/{stem}.csv'."),
+    pose: Optional[Path] = typer.Option(None, help="Initial model->scan pose: a text file with a 4x4 matrix."),
+    units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png."""
+    import dataclasses
+
+    from ssm.cli.progress import progress_bars
+    from ssm.fitting.config import FitConfig
+    from ssm.fitting.outputs import write_fit
+    from ssm.fitting.pipeline import fit as run_fit
+    from ssm.fitting.scan import load_scan
+    from ssm.io.model_file import load_model
+
+    _setup_logging(verbose)
+    m = load_model(model)
+    cfg = dataclasses.replace(FitConfig(), nicp=nicp)
+    if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
+        raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
+    con = _console()
+    failed = 0
+    rows = []
+    with progress_bars() as bar:
+        for i, scan_path in enumerate(scans):
+            bar("Fitting scans", i, len(scans))
+            dest = out if len(scans) == 1 else out / scan_path.stem
+            lm = landmarks.replace("{stem}", scan_path.stem) if landmarks else None
+            try:
+                sc = load_scan(scan_path)
+                res = run_fit(m, sc, landmarks=lm, pose=pose, units=units, device=device, config=cfg)
+                write_fit(res, dest, sc, {"scan": str(scan_path), "model": str(model), "landmarks": lm})
+                d = res.summary()["distance_to_scan_mm"]
+                rows.append((scan_path.name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}",
+                             f"{res.seconds:.2f}", str(dest)))
+                if not res.converged:
+                    failed += 1
+                    con.print(f"[yellow]{scan_path}: {res.message} (written to {dest}, flagged in fit.json)")
+            except SSMError as exc:
+                failed += 1
+                rows.append((scan_path.name, "error", "-", "-", str(exc)))
+                typer.echo(f"error: {exc}", err=True)
+        bar("Fitting scans", len(scans), len(scans))
+    from rich.table import Table
+
+    table = Table(title=f"Fits with {model.name}")
+    for col in ("scan", "status", "median dist (mm)", "seconds", "output"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    con.print(table)
+    if failed:
+        raise typer.Exit(3)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the demo's files."),
     model_out: Path = typer.Option(Path("models/demo_head.h5"), help="Where to save the demo model."),

@@ -20,8 +20,13 @@ class FitConfig:
       normal_cos : minimum cosine between model and scan normals.
       scan_samples : scan points used for scan->model matches each iteration.
     Model fit
-      component_schedule : numbers of components, coarse to fine (clipped to K).
+      component_schedule : numbers of components per level (clipped to K).
+      prior_schedule : multiplier of the prior's weight at each level, stiff to soft:
+        all components from the start, the prior relaxed level by level (annealing);
+        this escapes the sliding local minima of a few-components-first schedule.
       iterations_per_level : iterations at each schedule level.
+      solve_samples : correspondences used per coefficient solve (a fresh random subset
+        each iteration; the cost of a solve grows with samples x K^2).
       point_to_plane : weight of the normal (vs full 3D) residual, in [0, 1].
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
@@ -37,9 +42,11 @@ class FitConfig:
     max_distance_mm: float = 20.0
     min_distance_mm: float = 2.0
     normal_cos: float = 0.3
-    scan_samples: int = 20000
-    component_schedule: tuple[int, ...] = (6, 20, 60, 100000)
-    iterations_per_level: int = 5
+    scan_samples: int = 8000
+    component_schedule: tuple[int, ...] = (100000, 100000, 100000, 100000, 100000)
+    prior_schedule: tuple[float, ...] | None = (256.0, 64.0, 16.0, 4.0, 1.0)
+    iterations_per_level: int = 8
+    solve_samples: int = 4000
     point_to_plane: float = 0.7
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)

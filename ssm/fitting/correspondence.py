@@ -40,12 +40,14 @@ class Correspondences:
 
 def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm_per_unit: float,
                          gate_mm: float, normal_cos: float, scan_samples: int,
-                         rng: np.random.Generator, candidates: np.ndarray | None = None) -> Correspondences:
+                         rng: np.random.Generator, candidates: np.ndarray | None = None,
+                         robust_mm: float | None = None) -> Correspondences:
     """Correspondences for model vertices ``verts`` (N, 3) already in the scan frame.
 
     vnormals : (N, 3) model vertex normals in the scan frame.
     mm_per_unit : scan units -> mm (1 / pose scale), for the gate and residuals.
     candidates : (N,) bool, vertices allowed to match (default all).
+    robust_mm : scale of the robust weights (default: from the median residual).
     """
     n = len(verts)
     allowed = np.ones(n, bool) if candidates is None else candidates
@@ -89,7 +91,10 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     nrm = np.divide(nrm, nn, out=np.zeros_like(nrm), where=nn > 0)
     dist_mm = np.linalg.norm(target - verts[have], axis=1) * mm_per_unit
     # robust weights: Geman-McClure with a scale from the median residual
-    scale = max(1.4826 * float(np.median(dist_mm)) if len(dist_mm) else 1.0, 0.5)
+    if robust_mm is None:
+        scale = max(1.4826 * float(np.median(dist_mm)) if len(dist_mm) else 1.0, 0.5)
+    else:
+        scale = robust_mm / 2.0
     w = 1.0 / (1.0 + (dist_mm / (2.0 * scale)) ** 2) ** 2
     return Correspondences(have, target, nrm, w, dist_mm)
 

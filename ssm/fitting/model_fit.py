@@ -40,18 +40,25 @@ def instance_normals(model: ShapeModel, x: np.ndarray) -> np.ndarray:
     return vertex_normals(x, model.triangles)
 
 
+def scaled_basis(model: ShapeModel) -> np.ndarray:
+    """(N, 3, K) float32 ``U diag(sd)`` laid out per vertex (computed once per fit)."""
+    return (model.basis.reshape(model.n_vertices, 3, -1) * model.stddevs).astype(np.float32)
+
+
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,
                        normal_m: np.ndarray, weight: np.ndarray, noise_var: float, point_to_plane: float,
-                       lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                       lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                       phi_all: np.ndarray | None = None) -> np.ndarray:
     """MAP standardised coefficients (k,) for targets in the model frame.
 
     Minimises ``sum_i w_i r_i^T M_i r_i + noise_var ||c||^2 + landmark terms`` with
     ``r_i = mean_i + Phi_i c - target_i``, ``M_i = a n_i n_i^T + (1 - a) I`` (a =
     point_to_plane where the normal is known) and ``Phi = U diag(sd)``.
     lm : (vertex (L,), target (L, 3) model frame, weight (L,)) landmark terms.
+    phi_all : :func:`scaled_basis` of the model, to skip recomputing it.
     """
-    sd = model.stddevs[:k]
-    b3 = model.basis.reshape(model.n_vertices, 3, -1)
+    if phi_all is None:
+        phi_all = scaled_basis(model)
     verts = corr_vertex
     tgts = target_m
     wts = weight
@@ -61,19 +68,21 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
         tgts = np.concatenate([tgts, lm[1]])
         wts = np.concatenate([wts, lm[2]])
         nrm = np.concatenate([nrm, np.zeros((len(lm[0]), 3))])  # landmarks: full 3D residual
-    phi = b3[verts, :, :k] * sd  # (C, 3, k)
+    phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
     r = tgts - model.mean[verts]  # (C, 3)
     has_n = (np.linalg.norm(nrm, axis=1) > 0).astype(np.float64)
     a = point_to_plane * has_n  # (C,)
     w_pp = wts * (1.0 - a)
     w_pl = wts * a
     pf = phi.reshape(-1, k)
-    A = (pf * np.repeat(w_pp, 3)[:, None]).T @ pf
-    b = (pf * np.repeat(w_pp, 3)[:, None]).T @ r.reshape(-1)
-    nphi = np.einsum("cd,cdk->ck", nrm, phi)
+    wpf = pf * np.repeat(w_pp, 3).astype(np.float32)[:, None]
+    A = (wpf.T @ pf).astype(np.float64)
+    b = wpf.T.astype(np.float64) @ r.reshape(-1)
+    nphi = (nrm[:, :, None].astype(np.float32) * phi).sum(1)  # (C, k)
     nr = (nrm * r).sum(1)
-    A += (nphi * w_pl[:, None]).T @ nphi
-    b += (nphi * w_pl[:, None]).T @ nr
+    wn = nphi * w_pl.astype(np.float32)[:, None]
+    A += (wn.T @ nphi).astype(np.float64)
+    b += wn.T.astype(np.float64) @ nr
     A[np.diag_indices(k)] += noise_var
     return np.linalg.solve(A, b)
 
@@ -87,15 +96,19 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
     rng = np.random.default_rng(config.seed)
     kmax = model.n_components
     c = np.zeros(kmax) if coeffs is None else np.asarray(coeffs, dtype=np.float64).copy()
+    phi_all = scaled_basis(model) if any(k > 0 for k in config.component_schedule) else None
     corr = None
-    levels = sorted({min(k, kmax) for k in config.component_schedule})
+    levels = [min(k, kmax) for k in config.component_schedule]
+    scales = list(config.prior_schedule) if config.prior_schedule else [1.0] * len(levels)
+    if len(scales) != len(levels):
+        raise ValueError("prior_schedule and component_schedule must have the same length")
     history = []
     lm_sel = None
     if landmarks is not None:
         keep = np.ones(len(landmarks), bool) if landmark_mask is None else landmark_mask
         lm_sel = (landmarks.vertex[keep], landmarks.points[keep],
                   None if landmarks.covariances is None else landmarks.covariances[keep])
-    for k in levels:
+    for k, prior_scale in zip(levels, scales):
         for _ in range(config.iterations_per_level):
             x = model.instance(c[:k])
             xs = pose.apply(x)
@@ -110,15 +123,19 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             tm = inv.apply(corr.target)
             nm = corr.normal @ pose.rotation
             med = float(np.median(corr.distance_mm))
-            noise_var = max((1.4826 * med) ** 2, 0.3 ** 2)
+            noise_var = max((1.4826 * med) ** 2, 0.3 ** 2) * prior_scale
             lm_terms = None
             if lm_sel is not None and len(lm_sel[0]):
                 var_lm = _landmark_variance(lm_sel[2], pose, config.landmark_sigma_mm)
                 lm_w = np.broadcast_to(noise_var / var_lm * _landmark_boost(len(corr)), lm_sel[0].shape)
                 lm_terms = (lm_sel[0], inv.apply(lm_sel[1]), lm_w)
             if k > 0:
-                c[:k] = solve_coefficients(model, k, corr.vertex, tm, nm, corr.weight, noise_var,
-                                           config.point_to_plane, lm_terms)
+                sel = slice(None)
+                if len(corr) > config.solve_samples:  # a random subset each iteration
+                    sel = np.sort(rng.choice(len(corr), config.solve_samples, replace=False))
+                scale_w = len(corr) / len(corr.vertex[sel])  # keep the data / prior balance
+                c[:k] = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
+                                           noise_var, config.point_to_plane, lm_terms, phi_all)
             c[k:] = 0.0
             pose = _update_pose(model.instance(c[:k]), corr, lm_sel, pose, fixed_scale, config.point_to_plane)
             history.append(med)

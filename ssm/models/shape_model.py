@@ -128,13 +128,13 @@ class ShapeModel:
         Returns (N, 3) float64, model units, model frame.
         """
         if coeffs is None:
-            return np.array(self.mean, dtype=np.float64)
+            return np.array(self.mean, dtype=np.float64)  # a copy: callers may modify it
         c = np.asarray(coeffs, dtype=np.float64).reshape(-1)
         if c.shape[0] > self.n_components:
             raise ValueError(f"got {c.shape[0]} coefficients for a {self.n_components}-component model")
         k = c.shape[0]
-        offset = self.basis[:, :k].astype(np.float64) @ (self.stddevs[:k] * c)
-        return self.mean.astype(np.float64) + offset.reshape(-1, 3)
+        offset = np.asarray(self.basis[:, :k], dtype=np.float64) @ (self.stddevs[:k] * c)
+        return np.asarray(self.mean, dtype=np.float64) + offset.reshape(-1, 3)
 
     def sample(self, n: int, seed: int | np.random.Generator | None = None,
                with_noise: bool = False) -> np.ndarray:
@@ -145,8 +145,8 @@ class ShapeModel:
         """
         rng = np.random.default_rng(seed)
         c = rng.standard_normal((n, self.n_components))
-        off = (c * self.stddevs) @ self.basis.T.astype(np.float64)
-        out = self.mean.astype(np.float64)[None] + off.reshape(n, -1, 3)
+        off = (c * self.stddevs) @ np.asarray(self.basis, dtype=np.float64).T
+        out = np.asarray(self.mean, dtype=np.float64)[None] + off.reshape(n, -1, 3)
         if with_noise and self.noise_variance > 0:
             out += rng.standard_normal(out.shape) * np.sqrt(self.noise_variance)
         return out
@@ -179,8 +179,8 @@ class ShapeModel:
         if mask is None and np.all(np.isfinite(r)):
             # orthonormal basis: the normal equations are diagonal
             sd = self.stddevs[:k]
-            return sd / (sd * sd + s2) * (self.basis[:, :k].T.astype(np.float64) @ r)
-        U = self.basis[:, :k].astype(np.float64) * self.stddevs[:k]  # (D, k) scaled
+            return sd / (sd * sd + s2) * (np.asarray(self.basis[:, :k], dtype=np.float64).T @ r)
+        U = np.asarray(self.basis[:, :k], dtype=np.float64) * self.stddevs[:k]  # (D, k) scaled
         if mask is not None:
             m = np.repeat(np.asarray(mask, dtype=bool).reshape(-1), 3)
             if m.shape[0] != r.shape[0]:
@@ -213,7 +213,7 @@ class ShapeModel:
         if x.shape != self.mean.shape:
             raise ValueError(f"shape must be {self.mean.shape}, got {x.shape}")
         r = (x - self.mean).reshape(-1)
-        U = self.basis.astype(np.float64)
+        U = np.asarray(self.basis, dtype=np.float64)
         c = U.T @ r
         lam = self.variances.astype(np.float64)
         d = r.shape[0]
