@@ -215,10 +215,12 @@ def fit(
     con = _console()
     failed = 0
     rows = []
+    stems = [p.stem for p in scans]
     with progress_bars() as bar:
         for i, scan_path in enumerate(scans):
             bar("Fitting scans", i, len(scans))
-            dest = out if len(scans) == 1 else out / scan_path.stem
+            sub = scan_path.stem if stems.count(scan_path.stem) == 1 else scan_path.name.replace(".", "_")
+            dest = out if len(scans) == 1 else out / sub
             lm = landmarks.replace("{stem}", scan_path.stem) if landmarks else None
             try:
                 sc = load_scan(scan_path)

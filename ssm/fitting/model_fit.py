@@ -127,8 +127,13 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             lm_terms = None
             if lm_sel is not None and len(lm_sel[0]):
                 var_lm = _landmark_variance(lm_sel[2], pose, config.landmark_sigma_mm)
-                lm_w = np.broadcast_to(noise_var / var_lm * _landmark_boost(len(corr)), lm_sel[0].shape)
-                lm_terms = (lm_sel[0], inv.apply(lm_sel[1]), lm_w)
+                lm_m = inv.apply(lm_sel[1])
+                # robust: a landmark far from where the current fit puts it (a wrong or
+                # differently defined point) loses its pull (Geman-McClure at 2 sigma)
+                r_lm = np.linalg.norm(model.instance(c[:k])[lm_sel[0]] - lm_m, axis=1)
+                robust = 1.0 / (1.0 + (r_lm ** 2 / (4.0 * var_lm))) ** 2
+                lm_w = noise_var / var_lm * _landmark_boost(len(corr)) * robust
+                lm_terms = (lm_sel[0], lm_m, lm_w)
             if k > 0:
                 sel = slice(None)
                 if len(corr) > config.solve_samples:  # a random subset each iteration

@@ -70,9 +70,15 @@ def _as_pose(pose) -> Similarity | None:
 
 
 def _units_name(units_per_mm: float) -> str:
-    """Closest named unit to a scale (scan units per mm)."""
+    """The named unit within 20% of a fitted scale (scan units per mm), else 'unknown'.
+
+    The fitted scale also holds the subject's size relative to the model, so only a
+    clear match is named; otherwise the report gives the measured mm per unit.
+    """
     best = min(MM_PER_UNIT, key=lambda u: abs(np.log(units_per_mm * MM_PER_UNIT[u])))
-    return best
+    if abs(np.log(units_per_mm * MM_PER_UNIT[best])) <= np.log(1.2):
+        return best
+    return f"unknown ({1.0 / units_per_mm:.4g} mm per unit)"
 
 
 def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto", device: str = "auto",
@@ -145,10 +151,12 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     rejected = tuple(lms.names[i] for i in np.flatnonzero(~lm_mask)) if lm_mask is not None else ()
     final = stages[-1]
     n_corr = final.n_correspondences
+    explained = scan_explained(sc, verts_scan, model.triangles, pose.scale)
     converged = bool(np.isfinite(final.residual_median_mm) and final.residual_median_mm < 3.0
-                     and n_corr >= 0.05 * model.n_vertices)
+                     and n_corr >= 0.05 * model.n_vertices and explained >= 0.3)
     message = "" if converged else (f"did not converge: median residual {final.residual_median_mm:.2f} mm "
-                                    f"over {n_corr} correspondences")
+                                    f"over {n_corr} correspondences, {explained:.0%} of the scan within "
+                                    f"2.5 mm of the fit")
     if units_per_mm is not None:
         units_name, estimated = units, False
     else:
@@ -182,6 +190,28 @@ def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, 
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     return pose, StageReport("pose_refine", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
                              extra={"vertex_shift_rms_mm": moved})
+
+
+def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,
+                   samples: int = 5000, within_mm: float = 2.5) -> float:
+    """Fraction of (non-stray) scan points within ``within_mm`` of the fitted surface.
+
+    A fit that slid onto the wrong part of the head matches its own correspondences
+    well but explains little of the scan: this is the convergence check that sees it.
+    """
+    idx = np.flatnonzero(np.linalg.norm(scan.normals, axis=1) > 0)
+    if not len(idx):
+        idx = np.arange(len(scan.points))
+    idx = np.random.default_rng(0).choice(idx, min(samples, len(idx)), replace=False)
+    if triangles is not None:
+        from ssm.geometry.surface_distance import point_to_surface
+
+        d = point_to_surface(scan.points[idx], verts_scan, triangles)
+    else:
+        from scipy.spatial import cKDTree
+
+        d, _ = cKDTree(verts_scan).query(scan.points[idx])
+    return float((d / scale < within_mm).mean())
 
 
 def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:

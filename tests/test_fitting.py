@@ -1,0 +1,200 @@
+"""Fitting: stages on known truth (synthetic heads, anywhere) and the issue's ICT targets."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import shared_file
+from ssm.demo.raw_scans import make_raw_scan
+from ssm.errors import SSMError
+from ssm.fitting.config import FitConfig
+from ssm.fitting.init_landmarks import landmark_similarity
+from ssm.fitting.landmark_match import match_landmarks
+from ssm.fitting.pipeline import fit
+from ssm.geometry.similarity import Similarity, similarity_step
+from ssm.io.landmarks import LandmarkPoints
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """The demo's head generator (2,561 vertices): fine enough for millimetre fits."""
+    from ssm.demo.synthetic_heads import make_generator
+
+    return make_generator()
+
+
+@pytest.fixture(scope="module")
+def synth_model(generator, tmp_path_factory):
+    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.io.corpus import write_corpus
+    from ssm.training.trainer import ModelTrainer
+
+    v, _ = sample_heads(generator, 120, seed=21)
+    p = tmp_path_factory.mktemp("fit") / "c.h5"
+    write_corpus(p, v, generator.triangles, landmarks=generator.landmarks, dtype=np.float64)
+    return ModelTrainer(0.9999, device="cpu").fit(p).model_
+
+
+def _case(generator, seed, units="cm", views="three"):
+    rng = np.random.default_rng(seed)
+    truth = generator.heads(rng.standard_normal(generator.fields.shape[0]))[0]
+    raw = make_raw_scan(truth, generator.triangles, views=views, spacing_mm=1.5, noise_mm=0.2, units=units,
+                        seed=seed)
+    return truth, raw
+
+
+def test_similarity_step_converges_to_known_transform():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(200, 3)) * 50
+    true = Similarity(1.3, np.linalg.qr(rng.normal(size=(3, 3)))[0] * 0 + np.eye(3), np.array([1.0, 2.0, 3.0]))
+    small = Similarity(1.02, np.array([[1, -0.05, 0], [0.05, 1, 0], [0, 0, 1.0]]), np.array([0.5, -0.2, 0.1]))
+    u, _, vt = np.linalg.svd(small.rotation)
+    small = Similarity(small.scale, u @ vt, small.translation)
+    y = small.apply(p)
+    cur = Similarity.identity()
+    for _ in range(6):
+        step = similarity_step(cur.apply(p), y, None, np.zeros(200), np.ones(200))
+        cur = step.compose(cur)
+    np.testing.assert_allclose(cur.matrix(), small.matrix(), atol=1e-8)
+    del true
+
+
+def test_landmark_ransac_ignores_a_wrong_landmark():
+    rng = np.random.default_rng(1)
+    model_pts = rng.normal(size=(10, 3)) * 40
+    sim = Similarity(0.1, np.eye(3), np.array([5.0, 0, 0]))
+    scan_pts = sim.apply(model_pts + rng.normal(0, 0.5, (10, 3)))
+    scan_pts[3] += 5.0  # 50 mm off in model units
+    lms = match_landmarks({f"l{i}": i for i in range(10)}, LandmarkPoints(scan_pts))
+    est, inliers, rep = landmark_similarity(model_pts, lms, FitConfig())
+    assert not inliers[3] and inliers.sum() == 9
+    assert rep.extra["rejected"] == ["l3"]
+    assert abs(est.scale - 0.1) < 0.002
+
+
+def test_landmark_names_and_aliases_match():
+    model_lms = {"ibug36": 10, "ibug30": 20, "ibug48": 30}
+    lp = LandmarkPoints(np.arange(9.0).reshape(3, 3), ("Nose tip", "right eye outer", "unknown"))
+    m = match_landmarks(model_lms, lp)
+    assert list(m.names) == ["ibug30", "ibug36"] and list(m.vertex) == [20, 10]
+    with pytest.raises(SSMError, match="unnamed landmarks but the model has 3"):
+        match_landmarks(model_lms, LandmarkPoints(np.zeros((5, 3))))
+    with pytest.raises(SSMError, match="none of the landmark names match"):
+        match_landmarks(model_lms, LandmarkPoints(np.zeros((1, 3)), ("elbow",)))
+
+
+@pytest.mark.parametrize("with_landmarks", [True, False])
+def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with_landmarks):
+    truth, raw = _case(generator, seed=5)
+    lm = None
+    if with_landmarks:
+        names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+        pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]])
+        lm = LandmarkPoints(pts, tuple(names))
+    res = fit(synth_model, (raw.vertices, raw.faces), landmarks=lm)
+    est = raw.to_scan.inverse().apply(res.vertices)
+    err = np.linalg.norm(est - truth, axis=1)
+    face = generator.regions["face"]
+    assert res.converged
+    # the synthetic head is smooth and nearly symmetric: without landmarks little stops
+    # the fit from sliding along it (the ICT tests below hold the issue's targets)
+    assert err[face].mean() < (1.5 if with_landmarks else 3.0), err[face].mean()
+    assert np.median(res.distance_mm[face]) < 0.5
+    assert res.units == "cm"
+    assert [s.name for s in res.stages][-3:] == ["model_fit", "nicp", "pose_refine"]
+
+
+def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_path):
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+
+    save_model(synth_model, tmp_path / "m.h5")
+    truth, raw = _case(generator, seed=6, units="mm", views="frontal")
+    write_mesh(tmp_path / "a.ply", raw.vertices, raw.faces)
+    (tmp_path / "b.ply").write_bytes(b"")  # a bad scan must not stop the others
+    np.savetxt(tmp_path / "a.xyz", raw.vertices[::3])  # a point cloud
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]])
+    (tmp_path / "a_lm.csv").write_text("".join(f"{n},{p[0]},{p[1]},{p[2]}\n" for n, p in zip(names, pts)))
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "m.h5"), str(tmp_path / "a.ply"), str(tmp_path / "b.ply"),
+                                   str(tmp_path / "a.xyz"), "--out", str(tmp_path / "out"), "--units", "mm",
+                                   "--landmarks", str(tmp_path / "{stem}_lm.csv")])
+    assert res.exit_code == 3, res.output  # b.ply failed; the others were still fitted
+    assert "b.ply: file is empty" in res.output
+    face = generator.regions["face"]
+    # same stem: sub-folders named by the whole file name; a cloud's distances are to
+    # its nearest point (sparser than a surface), hence the looser bound
+    for sub, limit in (("a_ply", 1.0), ("a_xyz", 1.5)):
+        for name in ("fit.ply", "fit_model_frame.ply", "fit.json", "report.png"):
+            assert (tmp_path / "out" / sub / name).exists()
+        d = json.loads((tmp_path / "out" / sub / "fit.json").read_text())
+        assert d["converged"] and d["units"] == "mm" and not d["units_estimated"]
+        assert {s["name"] for s in d["stages"]} >= {"landmark_init", "model_fit", "nicp"}
+        import trimesh
+
+        mesh = trimesh.load(tmp_path / "out" / sub / "fit.ply", process=False)
+        assert len(mesh.vertices) == synth_model.n_vertices
+        dist = np.asarray(mesh.metadata["_ply_raw"]["vertex"]["data"]["distance_mm"])
+        assert np.median(dist[face]) < limit, (sub, np.median(dist[face]))
+
+
+def test_bad_inputs_give_clear_errors(synth_model, tmp_path):
+    with pytest.raises(SSMError, match="needs at least 10 points"):
+        fit(synth_model, np.zeros((3, 3)))
+    with pytest.raises(SSMError, match="all points coincide"):
+        fit(synth_model, np.ones((50, 3)))
+    bad_pose = tmp_path / "pose.txt"
+    bad_pose.write_text("1 0 0\n0 1 0\n")
+    with pytest.raises(SSMError, match="pose.txt: holds a"):
+        fit(synth_model, np.random.default_rng(0).normal(size=(100, 3)) * 50, pose=bad_pose)
+
+
+# ---------------------------------------------------------------- ICT targets
+@pytest.fixture(scope="module")
+def ict_model(tmp_path_factory):
+    from ssm.demo.ict_cases import load_ict, subjects
+    from ssm.io.corpus import write_corpus
+    from ssm.training.trainer import ModelTrainer
+
+    ict = load_ict(shared_file("ict_head/ict_head.npz"))
+    p = tmp_path_factory.mktemp("ict") / "c.h5"
+    write_corpus(p, subjects(ict, 300, seed=1), ict.triangles, landmarks=ict.landmark_names)
+    return ict, ModelTrainer(None, device="cpu").fit(p).model_
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("views,landmarks,limit", [("frontal", "68", 0.8), ("frontal", "7", 1.0),
+                                                   ("three", "none", 1.2)])
+def test_ict_heldout_targets(ict_model, views, landmarks, limit):
+    """Issue targets on the narrow face: 68 lm < 0.8 mm, 7 lm < 1.0 mm, none < 1.2 mm."""
+    from ssm.demo.ict_cases import heldout_case
+
+    ict, model = ict_model
+    errs = []
+    for seed in range(2):
+        case = heldout_case(ict, seed, views=views, landmarks=landmarks)
+        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks)
+        est = case.scan.to_scan.inverse().apply(res.vertices)
+        errs.append(np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face].mean())
+    assert np.mean(errs) < limit, errs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scan,landmarks", [("james.ply", "james_landmarks68.csv"),
+                                            ("humface.ply", "humface_landmarks7.csv"),
+                                            ("lee_perry_smith.ply", None)])
+def test_real_scans(ict_model, scan, landmarks):
+    ict, model = ict_model
+    lm = shared_file(f"scans/{landmarks}") if landmarks else None
+    res = fit(model, shared_file(f"scans/{scan}"), landmarks=lm)
+    assert res.converged
+    d = res.summary()["distance_to_scan_mm"]
+    assert d["median"] < 1.0, d
+    if lm is not None:
+        assert np.median(list(res.landmark_errors_mm.values())) < 6.0
+    else:  # unknown units: about 8.5 units wide
+        assert res.units_estimated
