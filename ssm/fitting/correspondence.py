@@ -53,7 +53,7 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     allowed = np.ones(n, bool) if candidates is None else candidates
     gate = gate_mm / mm_per_unit
     # model -> scan
-    d, j = scan.tree.query(verts, distance_upper_bound=gate)
+    d, j = scan.tree.query(verts, distance_upper_bound=gate, workers=-1)
     ok = np.isfinite(d) & allowed
     jj = np.where(ok, j, 0)
     ok &= ~scan.boundary[jj]
@@ -66,24 +66,21 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     nrm_sum[ok] = scan.normals[j[ok]]
     cnt[ok] = 1.0
     # scan -> model
-    m = len(scan.points)
-    pick = np.flatnonzero(~scan.boundary | (np.linalg.norm(scan.normals, axis=1) > 0))
-    if len(pick) > scan_samples:
-        pick = rng.choice(pick, scan_samples, replace=False)
+    pick = scan.matchable
+    if len(pick) > scan_samples:  # with replacement: O(samples), not O(scan size)
+        pick = np.unique(pick[rng.integers(0, len(pick), scan_samples)])
     idx_allowed = np.flatnonzero(allowed)
     if len(pick) and len(idx_allowed):
         tree = cKDTree(verts[idx_allowed])
-        d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate)
+        d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate, workers=-1)
         ok2 = np.isfinite(d2)
         vi = idx_allowed[np.where(ok2, i2, 0)]
         c2 = (vnormals[vi] * scan.normals[pick]).sum(1)
         ok2 &= (c2 if scan.oriented else np.abs(c2)) >= normal_cos
-        ok2 &= np.linalg.norm(scan.normals[pick], axis=1) > 0
         vi, pts = vi[ok2], scan.points[pick[ok2]]
         np.add.at(tgt_sum, vi, pts)
         np.add.at(nrm_sum, vi, scan.normals[pick[ok2]])
         np.add.at(cnt, vi, 1.0)
-    del m
     have = np.flatnonzero(cnt > 0)
     target = tgt_sum[have] / cnt[have, None]
     nrm = nrm_sum[have]

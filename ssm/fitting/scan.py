@@ -41,6 +41,15 @@ class Scan:
         return t
 
     @property
+    def matchable(self) -> np.ndarray:
+        """Indices of points that may be matched from the scan side (they have a normal)."""
+        m = self.__dict__.get("_matchable")
+        if m is None:
+            m = np.flatnonzero(np.linalg.norm(self.normals, axis=1) > 0)
+            object.__setattr__(self, "_matchable", m)
+        return m
+
+    @property
     def diagonal(self) -> float:
         return float(np.linalg.norm(np.ptp(self.points, axis=0)))
 

@@ -1,0 +1,156 @@
+"""Fitting accuracy and speed on held-out ICT cases, next to NICP baselines in the same run.
+
+A model is trained on 300 ICT identities with surface detail (``ssm.demo.ict_cases``);
+held-out subjects (identity + their own detail, optionally an expression) become raw
+scans (re-triangulated range images from one or three views, 0.3 mm noise along the ray,
+0.8 mm sampling, holes, 1 % outliers, random rigid pose). Scored: mean per-vertex
+correspondence error on the narrow face (the first 6,706 vertices), mm, and wall time.
+
+Methods, all from the same landmark similarity initialisation where landmarks exist:
+* ``init``      the model mean placed by the robust landmark similarity;
+* ``ssm``       ``ssm.fit`` (model fit + NICP + pose refinement);
+* ``trimesh``   ``trimesh.registration.nricp_amberg`` with the mean as template (default steps);
+* ``menpo3d``   ``menpo3d.correspond.non_rigid_icp`` when it is importable (optional extra).
+
+    python benchmarks/bench_fitting.py [--seeds 2] [--baseline-cases 2] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SSM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+CASES = [("frontal", "68", False), ("frontal", "7", False), ("frontal", "none", False),
+         ("three", "7", False), ("three", "none", False), ("frontal", "68", True)]
+
+
+def train_model(ict, tmp: Path):
+    from ssm.demo.ict_cases import subjects
+    from ssm.io.corpus import write_corpus
+    from ssm.training.trainer import ModelTrainer
+
+    write_corpus(tmp / "ict300.h5", subjects(ict, 300, seed=1), ict.triangles, landmarks=ict.landmark_names)
+    return ModelTrainer(None, device="cpu").fit(tmp / "ict300.h5").model_
+
+
+def init_pose(model, case):
+    from ssm.fitting.config import FitConfig
+    from ssm.fitting.init_landmarks import landmark_similarity
+    from ssm.fitting.landmark_match import match_landmarks
+    from ssm.io.landmarks import LandmarkPoints
+
+    lms = match_landmarks(dict(model.landmarks), LandmarkPoints(case.landmarks))
+    sim, inl, _ = landmark_similarity(model.mean[lms.vertex], lms, FitConfig())
+    return sim, lms, inl
+
+
+def run_trimesh(model, case, sim, lms, inl):
+    import trimesh
+    from trimesh.registration import nricp_amberg
+
+    src = trimesh.Trimesh(sim.apply(model.mean), model.triangles, process=False)
+    tgt = trimesh.Trimesh(case.scan.vertices, case.scan.faces, process=False)
+    out = nricp_amberg(src, tgt, source_landmarks=lms.vertex[inl], target_positions=lms.points[inl])
+    return np.asarray(out)
+
+
+def run_menpo3d(model, case, sim, lms, inl):
+    import menpo3d.correspond as mc  # noqa: F401  (optional; fails on numpy >= 2.4)
+    from menpo.shape import PointCloud, TriMesh
+
+    src = TriMesh(sim.apply(model.mean), model.triangles)
+    tgt = TriMesh(case.scan.vertices, case.scan.faces)
+    src.landmarks["lm"] = PointCloud(src.points[lms.vertex[inl]])
+    tgt.landmarks["lm"] = PointCloud(lms.points[inl])
+    res = mc.non_rigid_icp(src, tgt, landmark_group="lm")
+    return np.asarray(res.points)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--baseline-cases", type=int, default=2, help="cases with landmarks to run baselines on")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fitting.json")
+    args = ap.parse_args()
+    ict_path = SHARED / "ict_head" / "ict_head.npz"
+    if not ict_path.exists():
+        print(f"skipped: the ICT head model is not at {ict_path} (set SSM_SHARED_DATA)")
+        return
+    from ssm.demo.ict_cases import heldout_case, load_ict
+    from ssm.fitting.pipeline import fit
+
+    ict = load_ict(ict_path)
+    nf = ict.narrow_face
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        model = train_model(ict, Path(tmp))
+        print(f"trained a {model.n_components}-component model on 300 subjects in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    baselines_left = args.baseline_cases
+    for views, lmk, expr in CASES:
+        for seed in range(args.seeds):
+            case = heldout_case(ict, seed, views=views, landmarks=lmk, expression=expr, units="mm")
+            name = f"{views}/{lmk} lm" + ("/expression" if expr else "")
+            back = case.scan.to_scan.inverse()
+
+            def score(verts_scan):
+                return float(np.linalg.norm(back.apply(verts_scan) - case.truth, axis=1)[:nf].mean())
+
+            base = {"case": name, "seed": seed, "scan_vertices": len(case.scan.vertices)}
+            t = time.perf_counter()
+            res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks)
+            rows.append({**base, "method": "ssm", "error_mm": score(res.vertices),
+                         "seconds": time.perf_counter() - t, "converged": res.converged})
+            if lmk != "none":
+                sim, lms, inl = init_pose(model, case)
+                rows.append({**base, "method": "init", "error_mm": score(sim.apply(model.mean)), "seconds": 0.0})
+                if baselines_left > 0 and seed == 0:
+                    for meth, fn in (("trimesh", run_trimesh), ("menpo3d", run_menpo3d)):
+                        t = time.perf_counter()
+                        try:
+                            v = fn(model, case, sim, lms, inl)
+                            rows.append({**base, "method": meth, "error_mm": score(v),
+                                         "seconds": time.perf_counter() - t})
+                        except Exception as exc:  # optional / broken baselines are reported, not fatal
+                            rows.append({**base, "method": meth, "error": f"{type(exc).__name__}: {exc}"[:160]})
+                    baselines_left -= 1
+            print(f"  {name} seed {seed}: ssm {rows[-1 if lmk == 'none' else -1]['method']} done", flush=True)
+    # table
+    print(f"\nFitting, narrow-face correspondence error (mm) and time (s); model {model.n_components} components")
+    print(f"{'case':<24} {'method':<8} {'error mm':>9} {'seconds':>8} {'scan verts':>10}")
+    summary = {}
+    for r in rows:
+        key = (r["case"], r["method"])
+        summary.setdefault(key, []).append(r)
+    for (case, meth), rs in summary.items():
+        ok = [r for r in rs if "error_mm" in r]
+        if not ok:
+            print(f"{case:<24} {meth:<8} {'n/a':>9}   {rs[0]['error']}")
+            continue
+        print(f"{case:<24} {meth:<8} {np.mean([r['error_mm'] for r in ok]):>9.3f} "
+              f"{np.mean([r['seconds'] for r in ok]):>8.2f} {ok[0]['scan_vertices']:>10}")
+    speed = {}
+    for meth in ("trimesh", "menpo3d"):
+        for case in {r["case"] for r in rows if r["method"] == meth and "seconds" in r}:
+            ours = np.mean([r["seconds"] for r in rows if r["case"] == case and r["method"] == "ssm"])
+            theirs = np.mean([r["seconds"] for r in rows if r["case"] == case and r["method"] == meth])
+            speed[f"{case} {meth}/ssm"] = theirs / ours
+            print(f"speed-up over {meth} on {case}: {theirs / ours:.1f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "speedups": speed, "python": sys.version.split()[0]}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
