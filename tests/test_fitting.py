@@ -198,3 +198,22 @@ def test_real_scans(ict_model, scan, landmarks):
         assert np.median(list(res.landmark_errors_mm.values())) < 6.0
     else:  # unknown units: about 8.5 units wide
         assert res.units_estimated
+
+
+@pytest.mark.slow
+def test_ict_uncertainty_is_calibrated(ict_model):
+    """Issue 4: 85-99 % of face vertices within 2 sigma on held-out cases; unseen > seen."""
+    from ssm.demo.ict_cases import heldout_case
+
+    ict, model = ict_model
+    inside, n = 0, 0
+    for seed, (views, lmk) in enumerate([("frontal", "68"), ("frontal", "7"), ("three", "none")]):
+        case = heldout_case(ict, 30 + seed, views=views, landmarks=lmk)
+        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks)
+        err = np.linalg.norm(case.scan.to_scan.inverse().apply(res.vertices) - case.truth, axis=1)
+        face = slice(0, ict.narrow_face)
+        inside += int((err[face] < 2 * res.stddev_mm[face]).sum())
+        n += ict.narrow_face
+        if views == "frontal":  # the back of the head was not seen: less certain
+            assert np.median(res.stddev_mm[res.distance_mm > 5]) > 1.5 * np.median(res.stddev_mm[face])
+    assert 0.85 <= inside / n <= 0.99, inside / n

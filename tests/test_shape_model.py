@@ -63,3 +63,25 @@ def test_model_is_immutable_and_validates():
         ShapeModel(np.zeros((4, 3)), np.zeros((12, 1)), np.ones(1), landmarks={"x": 9})
     t = m.truncate(2)
     assert t.n_components == 2 and m.n_components == 3
+
+
+def test_posterior_matches_dense_gaussian_conditioning():
+    m = _model(noise=0.0)
+    idx = np.array([1, 4])
+    y = m.instance([1.0, -1.0, 0.5])[idx] + 0.1
+    var = 0.2
+    post = m.posterior(idx, y, covariances=var)
+    # dense reference: condition N(mu, C) on the observed coordinates
+    C = (m.basis * m.variances) @ m.basis.T
+    rows = np.concatenate([np.arange(3 * i, 3 * i + 3) for i in idx])
+    Coo = C[np.ix_(rows, rows)] + var * np.eye(len(rows))
+    K = C[:, rows] @ np.linalg.inv(Coo)
+    mean_ref = m.mean.reshape(-1) + K @ (y.reshape(-1) - m.mean.reshape(-1)[rows])
+    cov_ref = C - K @ C[rows, :]
+    np.testing.assert_allclose(post.mean.reshape(-1), mean_ref, atol=1e-10)
+    np.testing.assert_allclose((post.basis * post.variances) @ post.basis.T, cov_ref, atol=1e-10)
+    np.testing.assert_allclose(post.vertex_covariances(), np.stack(
+        [cov_ref[3 * i:3 * i + 3, 3 * i:3 * i + 3] for i in range(6)]), atol=1e-10)
+    # observed vertices become more certain than unobserved ones
+    sd = post.vertex_stddev(include_noise=False)
+    assert sd[idx].max() < m.vertex_stddev(include_noise=False)[idx].min()

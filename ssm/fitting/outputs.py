@@ -13,7 +13,7 @@ from ssm.io.meshes import write_mesh
 
 
 def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None) -> dict[str, Path]:
-    """Write ``fit.ply`` (scan frame and units, per-vertex ``distance_mm``),
+    """Write ``fit.ply`` (scan frame and units, per-vertex ``distance_mm``, ``stddev_mm``),
     ``fit_model_frame.ply`` (model frame, mm), ``fit.json`` and ``report.png``.
 
     scan : the :class:`~ssm.fitting.scan.Scan` (for the picture), optional.
@@ -21,8 +21,7 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    attrs = {"distance_mm": result.distance_mm}
-    attrs.update(result.vertex_attributes if hasattr(result, "vertex_attributes") else {})
+    attrs = result.vertex_attributes
     files = {
         "fit": write_mesh(out / "fit.ply", result.vertices, result.triangles, attrs),
         "fit_model_frame": write_mesh(out / "fit_model_frame.ply", result.vertices_model, result.triangles, attrs),

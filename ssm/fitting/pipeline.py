@@ -20,6 +20,7 @@ from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
 from ssm.fitting.scan import Scan, load_scan, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
+from ssm.fitting.uncertainty import fit_stddev
 from ssm.fitting.correspondence import find_correspondences
 from ssm.geometry.similarity import Similarity, fit_similarity
 from ssm.io.units import MM_PER_UNIT, mm_per_unit
@@ -139,8 +140,13 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         stages.append(rep)
 
     # 6: pose refinement with the final shape
-    pose, rep = refine_pose(model, sc, state.pose, x, cfg, fixed_scale)
+    pose, rep, final_corr = refine_pose(model, sc, state.pose, x, cfg, fixed_scale)
     stages.append(rep)
+    t0 = time.perf_counter()
+    stddev = fit_stddev(model, final_corr, pose, x_model, x, cfg.uncertainty_correlation)
+    stages.append(StageReport("uncertainty", time.perf_counter() - t0, float("nan"), float("nan"),
+                              0 if final_corr is None else len(final_corr),
+                              extra={"stddev_median_mm": float(np.nanmedian(stddev))}))
 
     verts_scan = pose.apply(x)
     dist = distance_to_scan(verts_scan, sc) / pose.scale
@@ -149,7 +155,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         err = np.linalg.norm(pose.inverse().apply(lms.points) - x[lms.vertex], axis=1)
         lm_err = {n: float(e) for n, e in zip(lms.names, err)}
     rejected = tuple(lms.names[i] for i in np.flatnonzero(~lm_mask)) if lm_mask is not None else ()
-    final = stages[-1]
+    final = stages[-2]  # pose refinement
     n_corr = final.n_correspondences
     explained = scan_explained(sc, verts_scan, model.triangles, pose.scale)
     converged = bool(np.isfinite(final.residual_median_mm) and final.residual_median_mm < 3.0
@@ -163,11 +169,11 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         units_name, estimated = _units_name(pose.scale), True
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
-                     rejected, units_name, estimated, converged, message)
+                     rejected, units_name, estimated, converged, message, stddev)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,
-                fixed_scale: float | None) -> tuple[Similarity, StageReport]:
+                fixed_scale: float | None) -> tuple[Similarity, StageReport, object]:
     """Stage 6: re-estimate the similarity pose for the final shape ``x`` (model frame)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 2)
@@ -189,7 +195,7 @@ def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, 
     moved = float(np.sqrt(((start.inverse().apply(pose.apply(x)) - x) ** 2).sum(1).mean()))
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     return pose, StageReport("pose_refine", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
-                             extra={"vertex_shift_rms_mm": moved})
+                             extra={"vertex_shift_rms_mm": moved}), corr
 
 
 def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,

@@ -27,6 +27,8 @@ class FitResult:
     rejected_landmarks : landmarks the robust initialisation left out.
     units : the scan's units (given, or estimated from the fitted scale).
     converged : False when the fit did not converge (the result is still written).
+    stddev_mm : (N,) RMS 3D standard deviation of each vertex (mm), from the model
+        posterior given the final correspondences (see ``ssm.fitting.uncertainty``).
     """
 
     vertices: np.ndarray
@@ -43,6 +45,15 @@ class FitResult:
     units_estimated: bool = False
     converged: bool = True
     message: str = ""
+    stddev_mm: np.ndarray | None = None
+
+    @property
+    def vertex_attributes(self) -> dict:
+        """Per-vertex values written into the PLY files."""
+        out = {"distance_mm": self.distance_mm}
+        if self.stddev_mm is not None:
+            out["stddev_mm"] = self.stddev_mm
+        return out
 
     @property
     def seconds(self) -> float:
@@ -66,6 +77,12 @@ class FitResult:
                 "median": float(np.median(finite)) if finite.size else None,
                 "p95": float(np.quantile(finite, 0.95)) if finite.size else None,
                 "within_1mm": float((finite < 1.0).mean()) if finite.size else None,
+            },
+            "stddev_mm": None if self.stddev_mm is None else {
+                "median": float(np.nanmedian(self.stddev_mm)),
+                "median_where_seen": float(np.nanmedian(self.stddev_mm[d < 1.0])) if (d < 1.0).any() else None,
+                "median_where_unseen": float(np.nanmedian(self.stddev_mm[~(d < 1.0)])) if (~(d < 1.0)).any()
+                else None,
             },
             "landmark_errors_mm": {k: float(v) for k, v in self.landmark_errors_mm.items()},
             "rejected_landmarks": list(self.rejected_landmarks),

@@ -7,6 +7,7 @@ Layout (``docs/formats.md`` has the full description)::
     /template/triangles     (M, 3) int32
     /template/landmarks/names    (L,) str;  /template/landmarks/indices (L,) int64
     /template/regions/<name>     (k,) int64
+    /template/uv/{coordinates (T, 2), triangle_indices (M, 3)}   optional texture coordinates
     /subjects/vertices      (S, N, 3) float32|float64, chunk (1, N, 3), gzip + shuffle
     /subjects/ids           (S,) str
     /subjects/sources       (S,) str   file each subject came from ("" if none)
@@ -49,7 +50,8 @@ class CorpusWriter:
     def __init__(self, path: str | os.PathLike, n_vertices: int, triangles: np.ndarray | None,
                  landmarks: Mapping[str, int] | None = None, regions: Mapping[str, np.ndarray] | None = None,
                  units: str = "mm", dtype=np.float32, with_masks: bool = False,
-                 provenance: Mapping | None = None, compression: str | None = "gzip"):
+                 provenance: Mapping | None = None, compression: str | None = "gzip",
+                 uv: np.ndarray | None = None, triangle_uvs: np.ndarray | None = None):
         self.path = Path(path)
         self.n_vertices = int(n_vertices)
         f = h5py.File(self.path, "w")
@@ -70,6 +72,9 @@ class CorpusWriter:
         rg = t.create_group("regions")
         for k, v in (regions or {}).items():
             rg[k] = np.asarray(v, dtype=np.int64)
+        if uv is not None:
+            t["uv/coordinates"] = np.asarray(uv, dtype=np.float64)
+            t["uv/triangle_indices"] = np.asarray(triangle_uvs, dtype=np.int64)
         s = f.create_group("subjects")
         comp = dict(compression=compression, shuffle=True) if compression else {}
         if compression == "gzip":
@@ -153,7 +158,8 @@ def write_corpus(path: str | os.PathLike, vertices: np.ndarray | Iterable[np.nda
                  triangles: np.ndarray | None, ids: list[str] | None = None,
                  landmarks: Mapping[str, int] | None = None, regions: Mapping[str, np.ndarray] | None = None,
                  units: str = "mm", masks: np.ndarray | None = None, dtype=np.float32,
-                 provenance: Mapping | None = None, compression: str | None = "gzip") -> Path:
+                 provenance: Mapping | None = None, compression: str | None = "gzip",
+                 uv: np.ndarray | None = None, triangle_uvs: np.ndarray | None = None) -> Path:
     """Write a complete corpus from arrays, atomically.
 
     vertices : (S, N, 3) array, or an iterable of (b, N, 3) blocks (streamed, bounded memory).
@@ -174,7 +180,7 @@ def write_corpus(path: str | os.PathLike, vertices: np.ndarray | Iterable[np.nda
                 if writer is None:
                     writer = CorpusWriter(tmp, block.shape[1], triangles, landmarks, regions, units, dtype,
                                           with_masks=masks is not None, provenance=provenance,
-                                          compression=compression)
+                                          compression=compression, uv=uv, triangle_uvs=triangle_uvs)
                 bids = ids[count:count + len(block)] if ids is not None else [
                     f"subject{count + j:06d}" for j in range(len(block))]
                 if masks is not None:
@@ -273,6 +279,14 @@ class Corpus:
     @property
     def ids(self) -> list[str]:
         return _names(self._f["subjects/ids"])
+
+    @property
+    def uv(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(uv (T, 2), triangle_uvs (M, 3)) of the template, or None."""
+        g = self._f["template"]
+        if "uv" not in g:
+            return None
+        return g["uv/coordinates"][()], g["uv/triangle_indices"][()]
 
     @property
     def has_masks(self) -> bool:

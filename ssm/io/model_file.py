@@ -15,6 +15,7 @@ Written layout (see docs/formats.md)::
     /ssm/landmarks/{names, indices}
     /ssm/regions/<name>    (k,) int64
     /ssm/provenance        JSON text
+    /ssm/uv/{coordinates (T,2), triangle_indices (M,3)}      texture coordinates, optional
     /ssm/exact/{mean (N,3), basis (3N,K), variances (K,)}  float64 copies when the model
                                                            is float64 (bit-exact round trip)
 
@@ -99,6 +100,9 @@ def save_model(model: ShapeModel, path: str | os.PathLike) -> Path:
                 rg[name] = np.asarray(idx, dtype=np.int64)
             s.create_dataset("provenance", data=json.dumps(dict(model.provenance), default=str),
                              dtype=_STR)
+            if model.uv is not None:
+                s["uv/coordinates"] = model.uv
+                s["uv/triangle_indices"] = model.triangle_uvs
             if model.basis.dtype == np.float64 or model.mean.dtype == np.float64:
                 e = s.create_group("exact")
                 e["mean"] = model.mean.astype(np.float64)
@@ -190,6 +194,7 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
     units = "mm"
     landmarks: dict[str, int] = {}
     regions: dict[str, np.ndarray] = {}
+    uv_kw: dict = {}
 
     ours = base == "" and "ssm" in f
     if ours:
@@ -203,11 +208,14 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
             landmarks = dict(zip(names, (int(i) for i in idx)))
         if "regions" in s:
             regions = {k: np.asarray(v[()]) for k, v in s["regions"].items()}
+        if "uv" in s:
+            uv_kw = {"uv": s["uv/coordinates"][()], "triangle_uvs": s["uv/triangle_indices"][()]}
         if "exact" in s:
             e = s["exact"]
             return ShapeModel(mean=e["mean"][()], basis=e["basis"][()], variances=e["variances"][()],
                               noise_variance=float(e.attrs["noise_variance"]), triangles=triangles,
-                              landmarks=landmarks, regions=regions, units=units, provenance=provenance)
+                              landmarks=landmarks, regions=regions, units=units, provenance=provenance,
+                              **uv_kw)
     else:
         provenance["units_assumed"] = "mm (statismo files carry no units)"
         provenance["builder"] = "external statismo-layout file"
@@ -226,7 +234,7 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
     keep = mean.dtype if ours else np.float64
     return ShapeModel(mean=mean.reshape(-1, 3).astype(keep), basis=basis.astype(keep),
                       variances=variances.astype(keep), noise_variance=noise, triangles=triangles,
-                      landmarks=landmarks, regions=regions, units=units, provenance=provenance)
+                      landmarks=landmarks, regions=regions, units=units, provenance=provenance, **uv_kw)
 
 
 def _statismo_version(f: h5py.File, rep) -> tuple[int, int]:

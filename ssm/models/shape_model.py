@@ -44,6 +44,9 @@ class ShapeModel:
     regions : name -> (k,) int array of vertex indices.
     units : length unit of the coordinates, e.g. ``"mm"``.
     provenance : free-form JSON-serialisable metadata (how it was built).
+    uv : (T, 2) texture coordinates (u right, v up) or None.
+    triangle_uvs : (M, 3) per-corner indices into ``uv`` (seams split corners, not
+        vertices) or None.
     """
 
     mean: np.ndarray
@@ -55,6 +58,8 @@ class ShapeModel:
     regions: Mapping[str, np.ndarray] = field(default_factory=dict)
     units: str = "mm"
     provenance: Mapping[str, object] = field(default_factory=dict)
+    uv: np.ndarray | None = None
+    triangle_uvs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean)
@@ -94,6 +99,17 @@ class ShapeModel:
         object.__setattr__(self, "landmarks", MappingProxyType(lms))
         object.__setattr__(self, "regions", MappingProxyType(regs))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
+        if (self.uv is None) != (self.triangle_uvs is None):
+            raise ValueError("uv and triangle_uvs come together")
+        if self.uv is not None:
+            uv = np.asarray(self.uv, dtype=np.float64)
+            tuv = np.asarray(self.triangle_uvs, dtype=np.int64)
+            if uv.ndim != 2 or uv.shape[1] != 2 or tri is None or tuv.shape != tri.shape:
+                raise ValueError("uv must be (T, 2) and triangle_uvs shaped like the triangles")
+            if tuv.size and (tuv.min() < 0 or tuv.max() >= len(uv)):
+                raise ValueError("triangle_uvs index outside uv")
+            object.__setattr__(self, "uv", _frozen(uv))
+            object.__setattr__(self, "triangle_uvs", _frozen(tuv))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -238,6 +254,59 @@ class ShapeModel:
             raise ValueError(f"n_components must be in 0..{self.n_components}")
         return dataclasses.replace(self, basis=self.basis[:, :k], variances=self.variances[:k])
 
+    def posterior(self, indices: np.ndarray, points: np.ndarray, covariances=None,
+                  weights: np.ndarray | None = None) -> "ShapeModel":
+        """Posterior shape model given observed positions of some vertices.
+
+        Albrecht et al. 2013 (scalismo's ``posterior``): the model is a Gaussian process,
+        observations ``points[l] = shape[indices[l]] + e_l`` with ``e_l ~ N(0, C_l)``.
+        indices : (L,) vertex indices (repeats allowed); points : (L, 3) model frame.
+        covariances : (L, 3, 3) full, (L,) isotropic variances, a scalar (units^2), or
+            None for the model's noise variance (floored as in :meth:`project`).
+        weights : (L,) optional precision multipliers (e.g. robust weights).
+        Returns a new ShapeModel: posterior mean, orthonormal basis of the posterior
+        covariance (rank <= K, from a K x K eigenproblem; nothing N x N is formed).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        y = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if y.shape[0] != idx.shape[0]:
+            raise ValueError("indices and points must have the same length")
+        k = self.n_components
+        sd = self.stddevs
+        q = np.asarray(self.basis, dtype=np.float64).reshape(self.n_vertices, 3, k)[idx] * sd  # (L, 3, K)
+        r = y - self.mean[idx]  # (L, 3)
+        prec = _precisions(covariances, len(idx), self._effective_noise(None))  # (L, 3, 3)
+        if weights is not None:
+            prec = prec * np.asarray(weights, dtype=np.float64)[:, None, None]
+        pq = np.einsum("lij,ljk->lik", prec, q)  # Sigma^-1 Q
+        a = np.eye(k) + np.einsum("lik,lim->km", q, pq)
+        b = np.einsum("lik,li->k", pq, r)
+        chol = np.linalg.cholesky(a)
+        m = np.linalg.solve(chol.T, np.linalg.solve(chol, b))
+        s_post = np.linalg.inv(a)
+        s_post = 0.5 * (s_post + s_post.T)
+        lam, w = np.linalg.eigh(sd[:, None] * s_post * sd[None, :])
+        order = np.argsort(lam)[::-1]
+        lam, w = np.clip(lam[order], 0, None), w[:, order]
+        basis = np.asarray(self.basis, dtype=np.float64) @ w
+        mean = self.instance(m)
+        prov = dict(self.provenance)
+        prov["posterior_of"] = {"n_observations": int(len(idx))}
+        return dataclasses.replace(self, mean=mean, basis=basis, variances=lam, provenance=prov)
+
+    def vertex_covariances(self) -> np.ndarray:
+        """(N, 3, 3) marginal covariance of each vertex (model part, without noise)."""
+        b3 = np.asarray(self.basis, dtype=np.float64).reshape(self.n_vertices, 3, -1) * self.stddevs
+        return np.einsum("nik,njk->nij", b3, b3)
+
+    def vertex_stddev(self, include_noise: bool = True) -> np.ndarray:
+        """(N,) per-vertex standard deviation: sqrt of the mean per-axis variance (units)."""
+        b3 = np.asarray(self.basis, dtype=np.float64).reshape(self.n_vertices, 3, -1) * self.stddevs
+        var = (b3 * b3).sum(axis=(1, 2)) / 3.0
+        if include_noise:
+            var = var + self.noise_variance
+        return np.sqrt(var)
+
     def with_metadata(self, **changes) -> "ShapeModel":
         """A copy with some fields replaced (landmarks, regions, units, provenance...)."""
         return dataclasses.replace(self, **changes)
@@ -258,3 +327,19 @@ class ShapeModel:
         return (f"ShapeModel(n_vertices={self.n_vertices}, n_components={self.n_components}, "
                 f"units={self.units!r}, landmarks={len(self.landmarks)}, "
                 f"noise_variance={self.noise_variance:.4g})")
+
+
+def _precisions(cov, n: int, default_var: float) -> np.ndarray:
+    """(n, 3, 3) inverse covariances from full, isotropic, scalar or default variances."""
+    if cov is None:
+        return np.broadcast_to(np.eye(3) / default_var, (n, 3, 3)).copy()
+    c = np.asarray(cov, dtype=np.float64)
+    if c.ndim == 0:
+        return np.broadcast_to(np.eye(3) / float(c), (n, 3, 3)).copy()
+    if c.ndim == 1:
+        if c.shape[0] != n:
+            raise ValueError(f"expected {n} variances, got {c.shape[0]}")
+        return np.eye(3)[None] / c[:, None, None]
+    if c.shape != (n, 3, 3):
+        raise ValueError(f"covariances must be (L, 3, 3), got {c.shape}")
+    return np.linalg.inv(c)

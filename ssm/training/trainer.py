@@ -206,6 +206,7 @@ class ModelTrainer:
         model = ShapeModel(
             mean=mean, basis=basis, variances=variances, noise_variance=noise,
             triangles=c.triangles, landmarks=c.landmarks, regions=c.regions, units=c.units,
+            uv=None if c.uv is None else c.uv[0], triangle_uvs=None if c.uv is None else c.uv[1],
             provenance={
                 "builder": "ssm.training.ModelTrainer", "align": self.align,
                 "tangent_projection": bool(self.tangent and self.align == "similarity"),
