@@ -102,7 +102,7 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
     assert err[face].mean() < (1.5 if with_landmarks else 3.0), err[face].mean()
     assert np.median(res.distance_mm[face]) < 0.5
     assert res.units == "cm"
-    assert [s.name for s in res.stages][-4:] == ["model_fit", "nicp", "pose_refine", "uncertainty"]
+    assert [s.name for s in res.stages][-5:] == ["model_fit", "nicp", "pose_refine", "uncertainty", "smoothing"]
     assert np.isfinite(res.stddev_mm).all()
 
 

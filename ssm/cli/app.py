@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import List, Optional
 
@@ -195,9 +197,12 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
+    map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
+    displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png."""
+    """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png
+    (and fused.ply / fused.json when geometry maps are given)."""
     import dataclasses
 
     from ssm.cli.progress import progress_bars
@@ -226,6 +231,12 @@ def fit(
                 sc = load_scan(scan_path)
                 res = run_fit(m, sc, landmarks=lm, pose=pose, units=units, device=device, config=cfg)
                 write_fit(res, dest, sc, {"scan": str(scan_path), "model": str(model), "landmarks": lm})
+                if map_ or displacement_map:
+                    from ssm.fusion.fuse import GeometrySource, fuse as run_fuse, write_fused
+
+                    srcs = [GeometrySource("fit", res.vertices_model, res.stddev_mm ** 2)]
+                    srcs += _map_sources(m, map_, displacement_map, res.vertices_model)
+                    write_fused(run_fuse(srcs, triangles=m.triangles), dest, m.triangles)
                 d = res.summary()["distance_to_scan_mm"]
                 rows.append((scan_path.name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}",
                              f"{res.seconds:.2f}", str(dest)))
@@ -247,6 +258,76 @@ def fit(
     con.print(table)
     if failed:
         raise typer.Exit(3)
+
+
+def _map_sources(model, maps: list[str], displacement_maps: list[str], base):
+    """--map POS:VAR and --displacement-map DISP:VAR options -> geometry sources."""
+    from ssm.fusion.fuse import source_from_displacement_map, source_from_position_map
+    from ssm.fusion.uv_maps import read_map
+
+    out = []
+    for spec in maps or []:
+        if ":" not in spec:
+            raise SSMError(f"--map {spec}: give POSITIONS:VARIANCE files, e.g. pos.npy:var.npy")
+        pos, var = spec.split(":", 1)
+        out.append(source_from_position_map(model, read_map(pos), read_map(var), name=Path(pos).stem))
+    for spec in displacement_maps or []:
+        if ":" not in spec:
+            raise SSMError(f"--displacement-map {spec}: give DISPLACEMENT:VARIANCE files")
+        disp, var = spec.split(":", 1)
+        out.append(source_from_displacement_map(model, base, read_map(disp), read_map(var), name=Path(disp).stem))
+    return out
+
+
+@app.command()
+def fuse(
+    fits: List[Path] = typer.Argument(None, help="Folders written by 'ssm fit' (their fit_model_frame.ply)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (fused.ply, fused.json)."),
+    map_: List[str] = typer.Option([], "--map", help="Position map and its variance map: POS.npy:VAR.npy "
+                                                    "(UV, model frame, mm / mm^2)."),
+    displacement_map: List[str] = typer.Option([], help="Displacement map along the normals: D.npy:VAR.npy."),
+    model: Optional[Path] = typer.Option(None, help="Model file (for maps; default: the one in fit.json)."),
+    smooth: int = typer.Option(3, help="Taubin iterations where the fused result is uncertain (0: off)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (smoothing)."),
+):
+    """Fuse fits and geometry maps by their uncertainty (robust to a bad source)."""
+    import json as _json
+
+    from ssm.fusion.fuse import fuse as run_fuse, source_from_fit, write_fused
+    from ssm.geometry.torch_ops import smooth_uncertain
+    from ssm.io.model_file import load_model
+
+    fits = fits or []
+    sources = [source_from_fit(f) for f in fits]
+    model_path = model
+    if model_path is None and fits and (fits[0] / "fit.json").exists():
+        model_path = Path(_json.loads((fits[0] / "fit.json").read_text()).get("model") or "") or None
+    m = load_model(model_path) if model_path else None
+    if map_ or displacement_map:
+        if m is None:
+            raise SSMError("geometry maps need the model: pass --model")
+        base = sources[0].vertices if sources else m.mean
+        sources += _map_sources(m, map_, displacement_map, base)
+    if len(sources) < 1:
+        raise SSMError("nothing to fuse: give fit folders and/or --map files")
+    tri = m.triangles if m is not None else _fit_triangles(fits[0])
+    res = run_fuse(sources, triangles=tri)
+    if smooth > 0 and tri is not None:
+        pins = None if m is None else m.landmark_indices
+        v = smooth_uncertain(res.vertices, tri, res.stddev_mm, smooth, pins, device)
+        res = type(res)(v, res.variance, res.weights, res.inflation, res.names)
+    write_fused(res, out, tri)
+    con = _console()
+    for src in res.summary()["sources"]:
+        con.print(f"{src['name']}: variance inflation {src['variance_inflation']:.2f}, "
+                  f"mean weight share {src['mean_weight_share']:.2f}")
+    con.print(f"wrote {out / 'fused.ply'} and {out / 'fused.json'}")
+
+
+def _fit_triangles(folder: Path):
+    import trimesh
+
+    return np.asarray(trimesh.load(folder / "fit_model_frame.ply", process=False).faces)
 
 
 @app.command()

@@ -36,6 +36,8 @@ class FitConfig:
       uncertainty_correlation : correspondences per independent observation in the
         posterior (neighbouring scan points share their errors); calibrated on held-out
         ICT cases so that about 95 % of face vertices are within 2 sigma.
+    Smoothing
+      smooth_iterations : Taubin iterations applied where the fit is uncertain (0: off).
     """
 
     landmark_sigma_mm: float = 2.0
@@ -58,4 +60,5 @@ class FitConfig:
     nicp_model_weight: float = 0.02
     pose_iterations: int = 3
     uncertainty_correlation: float = 150.0
+    smooth_iterations: int = 3
     seed: int = 0

@@ -41,8 +41,13 @@ def instance_normals(model: ShapeModel, x: np.ndarray) -> np.ndarray:
 
 
 def scaled_basis(model: ShapeModel) -> np.ndarray:
-    """(N, 3, K) float32 ``U diag(sd)`` laid out per vertex (computed once per fit)."""
-    return (model.basis.reshape(model.n_vertices, 3, -1) * model.stddevs).astype(np.float32)
+    """(N, 3, K) float32 ``U diag(sd)`` laid out per vertex (computed once per model)."""
+    phi = model.__dict__.get("_scaled_basis_f32")
+    if phi is None:
+        phi = (model.basis.reshape(model.n_vertices, 3, -1) * model.stddevs).astype(np.float32)
+        phi.setflags(write=False)
+        object.__setattr__(model, "_scaled_basis_f32", phi)  # a cache, not state: the model stays immutable
+    return phi
 
 
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,

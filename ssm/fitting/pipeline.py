@@ -21,6 +21,7 @@ from ssm.fitting.result import FitResult
 from ssm.fitting.scan import Scan, load_scan, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.fitting.uncertainty import fit_stddev
+from ssm.geometry.torch_ops import smooth_uncertain
 from ssm.fitting.correspondence import find_correspondences
 from ssm.geometry.similarity import Similarity, fit_similarity
 from ssm.io.units import MM_PER_UNIT, mm_per_unit
@@ -92,8 +93,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         model's landmark order (NaN rows missing); scan frame and units.
     pose : initial model -> scan transform, (4, 4) array or path of a text file.
     units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
-    device : accepted for API symmetry ("auto" | "cpu" | "cuda"); the fitting arithmetic
-        is sparse CPU work (KD-trees, small dense solves, a sparse LU).
+    device : "auto" | "cpu" | "cuda" for the final smoothing (torch); the other stages
+        are sparse CPU work (KD-trees, small dense solves, a sparse LU).
     Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
     """
     cfg = config or FitConfig()
@@ -148,6 +149,14 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
                               0 if final_corr is None else len(final_corr),
                               extra={"stddev_median_mm": float(np.nanmedian(stddev))}))
 
+    # 7: smoothing where the fit is uncertain (torch, on --device), landmarks pinned
+    if cfg.smooth_iterations > 0 and model.triangles is not None:
+        t0 = time.perf_counter()
+        pins = None if lms is None else np.unique(lms.vertex)
+        x = smooth_uncertain(x, model.triangles, stddev, cfg.smooth_iterations, pins,
+                             "cpu" if device == "auto" else device)
+        stages.append(StageReport("smoothing", time.perf_counter() - t0, float("nan"), float("nan"), 0,
+                                  extra={"iterations": cfg.smooth_iterations}))
     verts_scan = pose.apply(x)
     dist = distance_to_scan(verts_scan, sc) / pose.scale
     lm_err = {}
@@ -155,7 +164,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         err = np.linalg.norm(pose.inverse().apply(lms.points) - x[lms.vertex], axis=1)
         lm_err = {n: float(e) for n, e in zip(lms.names, err)}
     rejected = tuple(lms.names[i] for i in np.flatnonzero(~lm_mask)) if lm_mask is not None else ()
-    final = stages[-2]  # pose refinement
+    final = next(st for st in stages if st.name == "pose_refine")
     n_corr = final.n_correspondences
     explained = scan_explained(sc, verts_scan, model.triangles, pose.scale)
     converged = bool(np.isfinite(final.residual_median_mm) and final.residual_median_mm < 3.0

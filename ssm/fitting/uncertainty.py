@@ -32,10 +32,20 @@ def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_mod
     n = model.n_vertices
     if corr is None or len(corr) < 3 or model.n_components == 0:
         return np.full(n, np.nan)
-    target = pose.inverse().apply(corr.target)
+    from ssm.fitting.model_fit import scaled_basis
+
     s2 = max((1.4826 * float(np.median(corr.distance_mm))) ** 2, 0.05 ** 2)  # per-axis scan noise, mm^2
-    post = model.posterior(corr.vertex, target, covariances=s2, weights=corr.weight / correlation)
-    var_model = 3.0 * post.vertex_stddev(include_noise=False) ** 2  # E|e|^2 of the model part
+    # posterior covariance of the coefficients, S = (I + Q^T W Q / s2)^-1 (the same as
+    # ShapeModel.posterior, without forming the posterior model), then the marginal
+    # E|e_v|^2 = trace(Phi_v S Phi_v^T) for every vertex, in float32 products
+    phi = scaled_basis(model)  # (N, 3, K)
+    k = phi.shape[2]
+    q = phi[corr.vertex].reshape(-1, k)
+    pw = np.repeat(corr.weight / (correlation * s2), 3).astype(np.float32)
+    a = np.eye(k) + ((q * pw[:, None]).T @ q).astype(np.float64)
+    s_post = np.linalg.inv(a).astype(np.float32)
+    pf = phi.reshape(-1, k)
+    var_model = ((pf @ s_post) * pf).sum(1).reshape(n, 3).sum(1).astype(np.float64)  # E|e|^2, model part
     seen = np.zeros(n, bool)
     seen[corr.vertex] = True
     detail = x_final - x_model

@@ -146,3 +146,25 @@ def _inverse_distance_step(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) ->
     den = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).index_add_(1, i, w)
     out = num / den.clamp_min(1e-30)[..., None] - x
     return torch.where((den > 0)[..., None], out, torch.zeros_like(x))
+
+
+def smooth_uncertain(vertices: np.ndarray, faces: np.ndarray, stddev: np.ndarray, iterations: int = 3,
+                     pinned=None, device: str = "auto") -> np.ndarray:
+    """Taubin-smooth where a result is uncertain, leave it where it is trusted.
+
+    vertices : (N, 3) mm; stddev : (N,) mm. The step strength is 0 up to the median
+    standard deviation and rises to 1 at twice it (unseen parts get smoothed, measured
+    detail does not); ``pinned`` vertices (landmarks) never move. Returns (N, 3) float64.
+    """
+    from ssm.device import resolve_device
+
+    if iterations <= 0:
+        return np.asarray(vertices, dtype=np.float64)
+    sd = np.asarray(stddev, dtype=np.float64)
+    med = float(np.nanmedian(sd)) if np.isfinite(sd).any() else 1.0
+    strength = np.clip(np.nan_to_num(sd, nan=2 * med) / max(med, 1e-12) - 1.0, 0.0, 1.0)
+    dev = resolve_device(device)
+    v = torch.as_tensor(np.asarray(vertices, dtype=np.float64), device=dev)
+    out = taubin_smooth(v, torch.as_tensor(np.array(faces, dtype=np.int64), device=dev), iterations, strength=strength,
+                        pinned=pinned)
+    return out.cpu().numpy()

@@ -275,12 +275,19 @@ class ShapeModel:
         sd = self.stddevs
         q = np.asarray(self.basis, dtype=np.float64).reshape(self.n_vertices, 3, k)[idx] * sd  # (L, 3, K)
         r = y - self.mean[idx]  # (L, 3)
-        prec = _precisions(covariances, len(idx), self._effective_noise(None))  # (L, 3, 3)
-        if weights is not None:
-            prec = prec * np.asarray(weights, dtype=np.float64)[:, None, None]
-        pq = np.einsum("lij,ljk->lik", prec, q)  # Sigma^-1 Q
-        a = np.eye(k) + np.einsum("lik,lim->km", q, pq)
-        b = np.einsum("lik,li->k", pq, r)
+        wts = np.ones(len(idx)) if weights is None else np.asarray(weights, dtype=np.float64)
+        cov = None if covariances is None else np.asarray(covariances, dtype=np.float64)
+        if cov is None or cov.ndim <= 1:  # isotropic: plain matrix products (BLAS)
+            var = np.broadcast_to(self._effective_noise(None) if cov is None else cov, (len(idx),))
+            pw = np.repeat(wts / var, 3)  # (3L,)
+            qf = q.reshape(-1, k)
+            a = np.eye(k) + (qf * pw[:, None]).T @ qf
+            b = (qf * pw[:, None]).T @ r.reshape(-1)
+        else:
+            prec = _precisions(cov, len(idx), self._effective_noise(None)) * wts[:, None, None]
+            pq = np.einsum("lij,ljk->lik", prec, q)  # Sigma^-1 Q
+            a = np.eye(k) + np.einsum("lik,lim->km", q, pq)
+            b = np.einsum("lik,li->k", pq, r)
         chol = np.linalg.cholesky(a)
         m = np.linalg.solve(chol.T, np.linalg.solve(chol, b))
         s_post = np.linalg.inv(a)

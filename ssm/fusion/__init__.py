@@ -1,0 +1,1 @@
+"""Uncertainty-weighted fusion of geometry sources (fits, UV geometry maps)."""
