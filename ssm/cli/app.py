@@ -197,6 +197,7 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
+    preset: str = typer.Option("accurate", help="accurate | fast (about 2x faster, slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -214,7 +215,7 @@ def fit(
 
     _setup_logging(verbose)
     m = load_model(model)
-    cfg = dataclasses.replace(FitConfig(), nicp=nicp)
+    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

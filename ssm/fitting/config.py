@@ -27,6 +27,8 @@ class FitConfig:
       iterations_per_level : iterations at each schedule level.
       solve_samples : correspondences used per coefficient solve (a fresh random subset
         each iteration; the cost of a solve grows with samples x K^2).
+      vertex_samples : model vertices matched per model-fit iteration (a fresh random
+        subset, landmarks always in); None matches all.
       point_to_plane : weight of the normal (vs full 3D) residual, in [0, 1].
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
@@ -53,6 +55,7 @@ class FitConfig:
     prior_schedule: tuple[float, ...] | None = (256.0, 64.0, 16.0, 4.0, 1.0)
     iterations_per_level: int = 8
     solve_samples: int = 4000
+    vertex_samples: int | None = 6000
     point_to_plane: float = 0.7
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
@@ -62,3 +65,17 @@ class FitConfig:
     uncertainty_correlation: float = 150.0
     smooth_iterations: int = 3
     seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str) -> "FitConfig":
+        """``accurate`` (the defaults) or ``fast``: fewer components and iterations, about
+        2x faster for a little accuracy (see benchmarks/bench_fitting.py)."""
+        if name == "accurate":
+            return cls()
+        if name == "fast":
+            return cls(component_schedule=(150, 150, 150, 150), prior_schedule=(256.0, 32.0, 4.0, 1.0),
+                       iterations_per_level=6, solve_samples=3000, scan_samples=5000,
+                       nicp_stiffness=(10.0, 3.0, 1.0), nicp_iterations=1)
+        from ssm.errors import SSMError
+
+        raise SSMError(f"unknown preset {name!r} (use accurate or fast)")

@@ -52,24 +52,25 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     n = len(verts)
     allowed = np.ones(n, bool) if candidates is None else candidates
     gate = gate_mm / mm_per_unit
-    # model -> scan
-    d, j = scan.tree.query(verts, distance_upper_bound=gate, workers=-1)
-    ok = np.isfinite(d) & allowed
-    jj = np.where(ok, j, 0)
-    ok &= ~scan.boundary[jj]
-    cos = (vnormals * scan.normals[jj]).sum(1)
-    ok &= (cos if scan.oriented else np.abs(cos)) >= normal_cos
+    # model -> scan (only the allowed vertices are queried)
+    idx_allowed = np.flatnonzero(allowed)
+    d_a, j_a = scan.tree.query(verts[idx_allowed], distance_upper_bound=gate, workers=-1)
+    ok_a = np.isfinite(d_a)
+    jj = np.where(ok_a, j_a, 0)
+    ok_a &= ~scan.boundary[jj]
+    cos = (vnormals[idx_allowed] * scan.normals[jj]).sum(1)
+    ok_a &= (cos if scan.oriented else np.abs(cos)) >= normal_cos
     tgt_sum = np.zeros((n, 3))
     nrm_sum = np.zeros((n, 3))
     cnt = np.zeros(n)
-    tgt_sum[ok] = scan.points[j[ok]]
-    nrm_sum[ok] = scan.normals[j[ok]]
-    cnt[ok] = 1.0
+    hit = idx_allowed[ok_a]
+    tgt_sum[hit] = scan.points[j_a[ok_a]]
+    nrm_sum[hit] = scan.normals[j_a[ok_a]]
+    cnt[hit] = 1.0
     # scan -> model
     pick = scan.matchable
     if len(pick) > scan_samples:  # with replacement: O(samples), not O(scan size)
         pick = np.unique(pick[rng.integers(0, len(pick), scan_samples)])
-    idx_allowed = np.flatnonzero(allowed)
     if len(pick) and len(idx_allowed):
         tree = cKDTree(verts[idx_allowed])
         d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate, workers=-1)

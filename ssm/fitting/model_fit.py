@@ -120,8 +120,17 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             ns = instance_normals(model, x) @ pose.rotation.T
             mm_per_unit = 1.0 / pose.scale
             gate = adaptive_gate(corr, config.max_distance_mm, config.min_distance_mm)
+            allowed = candidates
+            if config.vertex_samples and config.vertex_samples < model.n_vertices:
+                # a fresh random subset of vertices each iteration: the solve uses a few
+                # thousand correspondences anyway, so matching them all is wasted work
+                sub = np.zeros(model.n_vertices, bool)
+                sub[rng.choice(model.n_vertices, config.vertex_samples, replace=False)] = True
+                if landmarks is not None:
+                    sub[landmarks.vertex] = True
+                allowed = sub if candidates is None else (sub & candidates)
             corr = find_correspondences(xs, ns, scan, mm_per_unit, gate, config.normal_cos, config.scan_samples,
-                                        rng, candidates)
+                                        rng, allowed)
             if len(corr) < 10:
                 break
             inv = pose.inverse()
@@ -137,13 +146,20 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 # differently defined point) loses its pull (Geman-McClure at 2 sigma)
                 r_lm = np.linalg.norm(model.instance(c[:k])[lm_sel[0]] - lm_m, axis=1)
                 robust = 1.0 / (1.0 + (r_lm ** 2 / (4.0 * var_lm))) ** 2
-                lm_w = noise_var / var_lm * _landmark_boost(len(corr)) * robust
+                n_eff = len(corr) * (model.n_vertices / float(config.vertex_samples)
+                                     if allowed is not candidates else 1.0)
+                lm_w = noise_var / var_lm * _landmark_boost(n_eff) * robust
                 lm_terms = (lm_sel[0], lm_m, lm_w)
             if k > 0:
                 sel = slice(None)
                 if len(corr) > config.solve_samples:  # a random subset each iteration
                     sel = np.sort(rng.choice(len(corr), config.solve_samples, replace=False))
                 scale_w = len(corr) / len(corr.vertex[sel])  # keep the data / prior balance
+            else:
+                sel, scale_w = slice(None), 1.0
+            if allowed is not candidates:  # subsampled vertices stand for all of them
+                scale_w *= model.n_vertices / float(config.vertex_samples)
+            if k > 0:
                 c[:k] = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
                                            noise_var, config.point_to_plane, lm_terms, phi_all)
             c[k:] = 0.0
