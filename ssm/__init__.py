@@ -21,6 +21,10 @@ _LAZY = {
     "ModelTrainer": ("ssm.training.trainer", "ModelTrainer"),
     "train_model": ("ssm.training.trainer", "train_model"),
     "fit": ("ssm.fitting.pipeline", "fit"),
+    "FitConfig": ("ssm.fitting.config", "FitConfig"),
+    "FitResult": ("ssm.fitting.result", "FitResult"),
+    "fuse": ("ssm.fusion.fuse", "fuse"),
+    "GeometrySource": ("ssm.fusion.fuse", "GeometrySource"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -2,7 +2,8 @@
 
 Names are compared after normalisation (case, spaces, dashes); common names of the
 iBUG-68 points (eye corners, nose tip, mouth corners, ...) and ``ibugNN`` / plain
-indices map to the same iBUG index, so a file saying "right eye outer" matches a model
+indices map to the same iBUG index (for a model without iBUG names a plain index is a
+position in the model's landmark list), so a file saying "right eye outer" matches a model
 landmark called ``ibug36`` or ``right_eye_outer``. Unnamed rows are taken in the model's
 landmark order (NaN rows = missing), or as iBUG-68 order when there are 68 of them and
 the model names iBUG points.
@@ -79,6 +80,8 @@ def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: s
             hit = by_norm.get(normalise_name(raw))
             if hit is None and ibug_index(raw) is not None:
                 hit = by_ibug.get(ibug_index(raw))
+            if hit is None and not by_ibug and raw.strip().isdigit() and int(raw) < len(names):
+                hit = names[int(raw)]  # a plain index into the model's landmark list
             if hit is None:
                 unknown.append(raw)
             else:

@@ -238,7 +238,3 @@ def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:
     d, _ = scan.tree.query(points)
     return d
 
-
-def fit_file(model: ShapeModel, scan_path: str | Path, **kwargs) -> FitResult:
-    """Convenience: fit a scan file."""
-    return fit(model, scan_path, **kwargs)

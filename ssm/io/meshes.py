@@ -11,7 +11,6 @@ import numpy as np
 from ssm.errors import InputFileError
 
 MESH_SUFFIXES = {".ply", ".obj", ".off", ".stl", ".glb", ".gltf"}
-POINT_SUFFIXES = {".xyz", ".pts", ".pcd", ".txt"}
 
 
 @dataclass(frozen=True)
