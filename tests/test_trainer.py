@@ -57,7 +57,7 @@ def test_exact_and_streamed_training_agree(small_corpus):
     b = ModelTrainer(10, pca="streamed", n_iter=6, chunk=17, device="cpu").fit(small_corpus).model_
     np.testing.assert_allclose(b.variances[:8], a.variances[:8], rtol=1e-4)
     np.testing.assert_allclose(np.abs(np.sum(a.basis[:, :8] * b.basis[:, :8], 0)), 1, atol=1e-4)
-    np.testing.assert_allclose(a.mean, b.mean, atol=1e-9)
+    np.testing.assert_allclose(a.mean, b.mean, atol=1e-4)  # mm; the streamed rows are float32
     assert a.provenance["pca_method"] == "exact" and b.provenance["pca_method"] == "streamed"
 
 

@@ -58,13 +58,14 @@ def _centroid_size(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
                            weights: np.ndarray | None = None, subjects: np.ndarray | None = None,
-                           max_iter: int = 20, tol: float = 1e-6, chunk: int | None = None,
+                           max_iter: int = 20, tol: float = 5e-5, chunk: int | None = None,
                            progress: Progress | None = None) -> GPAResult:
     """Align the corpus subjects to their common mean.
 
     weights : (N,) per-vertex alignment weights (landmark or region weighting); they
         are multiplied by each subject's validity mask.
-    tol : stop when the mean moves less than ``tol`` times its size (RMS per vertex).
+    tol : stop when the mean moves less than ``tol`` times its size (RMS per vertex;
+        5e-5 is about 5 micrometres on a head).
     Each iteration is one streamed pass over the corpus.
     """
     n = corpus.n_vertices
@@ -117,11 +118,15 @@ def generalized_procrustes(corpus: Corpus, mode: AlignMode = "similarity",
             if mode != "none":
                 s, r, t = fit_similarity(v, mean, weights=w, scale=is_sim)
                 scale[pos:pos + b], rot[pos:pos + b], trans[pos:pos + b] = s, r, t
-            aligned = apply_similarity(v, scale[pos:pos + b], rot[pos:pos + b], trans[pos:pos + b])
             if m is None:
-                acc += aligned.sum(axis=0, dtype=np.float64)
+                # sum_b (s_b R_b x_b + t_b) as one matrix product, without the aligned copies
+                sr_t = (scale[pos:pos + b, None, None] * rot[pos:pos + b]).transpose(0, 2, 1)  # (b, 3, 3)
+                xcat = np.ascontiguousarray(v.transpose(1, 0, 2)).reshape(n, 3 * b)
+                acc += (xcat @ sr_t.reshape(3 * b, 3).astype(v.dtype)).astype(np.float64)
+                acc += trans[pos:pos + b].sum(0)
                 cnt += b
             else:
+                aligned = apply_similarity(v, scale[pos:pos + b], rot[pos:pos + b], trans[pos:pos + b])
                 acc += (aligned * m[:, :, None]).sum(axis=0, dtype=np.float64)
                 cnt += m.sum(0)
             pos += b

@@ -267,6 +267,8 @@ class ModelTrainer:
         from ssm.training.pca import pca_exact, pca_streamed
 
         blocks = self._rows(c, gpa, mean, first_model)
+        if method == "streamed":
+            blocks = _RowCache(blocks)  # prepare the rows once; the later passes only read them
         if method == "exact":
             import torch
 
@@ -282,6 +284,53 @@ class ModelTrainer:
         for x in self._rows(c, gpa, model.mean, None)():
             out.append(np.linalg.norm((x.double().numpy() @ model.basis) * inv_sd, axis=1))
         return np.concatenate(out)
+
+
+class _RowCache:
+    """Row blocks computed on the first pass and spooled to a temporary file (float32).
+
+    Aligning, projecting and centring the subjects costs more than the PCA products, and
+    the streamed PCA reads the rows 5 times: later passes read the spooled rows back
+    (disk and page cache, not process memory). Falls back to recomputing if the disk is
+    full.
+    """
+
+    def __init__(self, make_blocks):
+        self._make = make_blocks
+        self._file = None
+        self._shapes: list[tuple[int, int]] = []
+        self._complete = False
+
+    def __call__(self):
+        import tempfile
+
+        import torch
+
+        if self._complete:
+            fh = self._file
+            fh.seek(0)
+            for b, d in self._shapes:
+                out = np.empty((b, d), dtype=np.float32)
+                fh.readinto(memoryview(out).cast("B"))
+                yield torch.from_numpy(out)
+            return
+        fh = tempfile.TemporaryFile(prefix="ssm-rows-") if self._file is None else self._file
+        self._file, self._shapes, ok = fh, [], True
+        fh.seek(0)
+        for blk in self._make():
+            if ok:
+                try:
+                    arr = blk.numpy() if hasattr(blk, "numpy") else np.asarray(blk)
+                    fh.write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+                    self._shapes.append(tuple(arr.shape))
+                except OSError:
+                    ok = False
+            yield blk
+        self._complete = ok
+
+    def __del__(self):
+        if self._file is not None:
+            self._file.close()
 
 
 def _complete(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray,
