@@ -310,39 +310,45 @@ class Corpus:
         return self._v.compression is not None
 
     def stage(self, directory: str | None = None) -> bool:
-        """Copy the vertices once into an uncompressed scratch file for repeated passes.
+        """Keep an uncompressed scratch copy of the vertices for repeated passes.
 
         Training reads the corpus 6-10 times; decompressing each time dominates for large
-        corpora. The scratch file lives in ``directory`` (default: the system temp dir),
-        is deleted on close, and is read with plain file reads, so it costs disk and page
-        cache but not process memory. Returns False (and stays unstaged) when the disk
-        has no room for it.
+        corpora. The copy is filled lazily by the first in-order pass over the subjects
+        (no extra pass), lives in ``directory`` (default: the system temp dir), is deleted
+        on close, and is read with plain file reads, so it costs disk and page cache but
+        not process memory. If the disk fills up, reading falls back to the HDF5 file.
         """
         import tempfile
 
-        if self._scratch is not None:
-            return True
-        row = self.n_vertices * 3 * self._v.dtype.itemsize
-        fh = tempfile.TemporaryFile(dir=directory, prefix="ssm-corpus-")
-        try:
-            step = self.chunk_size(dtype=self._v.dtype)
-            for start in range(0, self.n_subjects, step):
-                fh.write(np.ascontiguousarray(self._v[start:start + step]).tobytes())
-            fh.flush()
-        except OSError:
-            fh.close()
-            return False
-        self._scratch = (fh, row)
+        if self._scratch is None:
+            row = self.n_vertices * 3 * self._v.dtype.itemsize
+            self._scratch = [tempfile.TemporaryFile(dir=directory, prefix="ssm-corpus-"), row, 0, True]
         return True
 
     def _read_rows(self, lo: int, hi: int) -> np.ndarray:
         if self._scratch is None:
             return self._v[lo:hi]
-        fh, row = self._scratch
-        out = np.empty((hi - lo, self.n_vertices, 3), dtype=self._v.dtype)
-        fh.seek(lo * row)
-        fh.readinto(memoryview(out).cast("B"))
-        return out
+        fh, row, done, growing = self._scratch
+        parts = []
+        start = lo
+        if lo < done:  # the cached part
+            stop = min(hi, done)
+            out = np.empty((stop - lo, self.n_vertices, 3), dtype=self._v.dtype)
+            fh.seek(lo * row)
+            fh.readinto(memoryview(out).cast("B"))
+            parts.append(out)
+            start = stop
+        if start < hi:
+            fresh = self._v[start:hi]
+            if growing and start == done:  # extend the cache in order
+                try:
+                    fh.seek(done * row)
+                    fh.write(np.ascontiguousarray(fresh).tobytes())
+                    self._scratch[2] = hi
+                except OSError:
+                    self._scratch[3] = False
+            parts.append(fresh)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def read(self, indices: np.ndarray | slice | None = None, dtype=np.float64) -> np.ndarray:
         """Vertices of some subjects, (S', N, 3) ``dtype``, corpus units."""
