@@ -95,13 +95,12 @@ def run_demo(out: Path, model_out: Path, n_subjects: int = 150, n_test: int = 30
         "seconds": round(time.perf_counter() - t0, 2),
         "model": str(model_out),
     }
-    with atomic_write(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
     say(f"4. held-out generalisation {summary['generalisation_v2v_mm']:.3f} mm (v2v), "
         f"{summary['generalisation_v2s_mm']:.3f} mm (v2s); wrote {out / 'evaluation'}/")
     say(f"   largest angle between the model's {model.n_components} components and the generator's "
         f"span: {angle:.4f} rad")
     summary.update(_fit_demo(model, gen, out, seed, say))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
     with atomic_write(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     say(f"done in {time.perf_counter() - t0:.1f} s; load the model with: "

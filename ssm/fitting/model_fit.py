@@ -165,13 +165,11 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             c[k:] = 0.0
             pose = _update_pose(model.instance(c[:k]), corr, lm_sel, pose, fixed_scale, config.point_to_plane)
             history.append(med)
-    x = model.instance(c)
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     converged = corr is not None and len(corr) >= 10
     rep = StageReport("model_fit", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
                       converged, extra={"components": levels, "median_history_mm": [round(h, 4) for h in history],
                                         "mahalanobis": float(np.linalg.norm(c))})
-    del x
     return ModelFitState(pose, c, corr), rep
 
 

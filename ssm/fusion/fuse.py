@@ -124,7 +124,6 @@ def _roughness_inflation(x: np.ndarray, var: np.ndarray, valid: np.ndarray, tria
 
     e = edges(triangles)
     n = x.shape[1]
-    deg = np.bincount(e.ravel(), minlength=n).astype(np.float64)
     out = np.ones(x.shape[0])
     for s in range(x.shape[0]):
         ok_e = valid[s, e[:, 0]] & valid[s, e[:, 1]]
@@ -141,7 +140,6 @@ def _roughness_inflation(x: np.ndarray, var: np.ndarray, valid: np.ndarray, tria
         h2 = ((x[s, ok] - acc[ok] / cnt[ok, None]) ** 2).sum(1)
         ratio = h2 / (var[s, ok] * (1.0 + 1.0 / cnt[ok]))
         out[s] = max(1.0, float(np.median(ratio)) / _CHI2_3_MEDIAN_OVER_3)
-    del deg
     return out
 
 
