@@ -65,15 +65,20 @@ def run_trimesh(model, case, sim, lms, inl):
 
 
 def run_menpo3d(model, case, sim, lms, inl):
-    import menpo3d.correspond as mc  # noqa: F401  (optional; fails on numpy >= 2.4)
-    from menpo.shape import PointCloud, TriMesh
+    """menpo3d in its own virtualenv (it needs numpy < 2.4): see benchmarks/menpo3d_nicp.py."""
+    import subprocess
 
-    src = TriMesh(sim.apply(model.mean), model.triangles)
-    tgt = TriMesh(case.scan.vertices, case.scan.faces)
-    src.landmarks["lm"] = PointCloud(src.points[lms.vertex[inl]])
-    tgt.landmarks["lm"] = PointCloud(lms.points[inl])
-    res = mc.non_rigid_icp(src, tgt, landmark_group="lm")
-    return np.asarray(res.points)
+    py = os.environ.get("SSM_MENPO_PYTHON", str(ROOT / ".venv-menpo" / "bin" / "python"))
+    if not Path(py).exists():
+        raise RuntimeError(f"no menpo3d environment at {py} (see benchmarks/menpo3d_nicp.py)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = sim.apply(model.mean)
+        np.savez(Path(tmp) / "in.npz", src_points=src, src_trilist=model.triangles,
+                 tgt_points=case.scan.vertices, tgt_trilist=case.scan.faces,
+                 src_lm=src[lms.vertex[inl]], tgt_lm=lms.points[inl])
+        subprocess.run([py, str(ROOT / "benchmarks" / "menpo3d_nicp.py"), str(Path(tmp) / "in.npz"),
+                        str(Path(tmp) / "out.npz")], check=True, capture_output=True, text=True)
+        return np.load(Path(tmp) / "out.npz")["points"]
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 
 Each iteration finds correspondences (``correspondence``), then solves the MAP
 coefficients under the model's Gaussian prior for a point-to-plane / point-to-point
-mixture, with landmarks as extra terms weighted by their uncertainty, and re-estimates
-the similarity pose from the updated instance. The number of components grows coarse to
-fine (``FitConfig.component_schedule``).
+mixture (on a fresh random subset of vertices and correspondences), with landmarks as
+robust extra terms weighted by their uncertainty, and re-estimates the similarity pose by
+Gauss-Newton point-to-plane steps. Levels (``FitConfig.component_schedule`` with
+``prior_schedule``) relax the prior from stiff to soft with all components in play, which
+avoids the sliding local minima of a few-components-first schedule.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     state, rep = fit_model(model, sc, sim, rigid_cfg, lms, lm_mask, fixed_scale)
     stages.append(dataclasses.replace(rep, name="rigid_refine", seconds=time.perf_counter() - t0))
 
-    # 4: model fit, coarse to fine
+    # 4: model fit (all components, prior annealed from stiff to soft)
     state, rep = fit_model(model, sc, state.pose, cfg, lms, lm_mask, fixed_scale, coeffs=state.coeffs)
     stages.append(rep)
     x_model = model.instance(state.coeffs)
