@@ -110,7 +110,7 @@ def test_fuse_cli_on_fits_and_a_position_map(tmp_path):
     from ssm.io.model_file import save_model
     from ssm.models.shape_model import ShapeModel
 
-    sphere = trimesh.creation.icosphere(3, radius=100.0)
+    sphere = trimesh.creation.icosphere(4, radius=100.0)
     v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
     # a UV layout: spherical angles (one chart; seams do not matter for the test)
     uv = np.stack([(np.arctan2(v[:, 1], v[:, 0]) / (2 * np.pi)) % 1.0, 0.5 + v[:, 2] / 200.0], 1) * 0.9 + 0.05
@@ -125,11 +125,17 @@ def test_fuse_cli_on_fits_and_a_position_map(tmp_path):
         (d / "fit.json").write_text(json.dumps({"model": str(tmp_path / "m.h5")}))
     from ssm.fusion.uv_maps import bake_to_map
 
-    pos = bake_to_map(v + rng.normal(0, 0.3, v.shape), uv, f, f, (256, 256))
+    pos = bake_to_map(v + rng.normal(0, 0.3, v.shape), uv, f, f, (512, 512))
     np.save(tmp_path / "pos.npy", pos)
     np.save(tmp_path / "var.npy", np.full(pos.shape[:2], 0.27))
+    from ssm.geometry.mesh_ops import vertex_normals
+
+    nmap = bake_to_map(vertex_normals(v, f), uv, f, f, (512, 512))
+    np.save(tmp_path / "n.npy", nmap)
+    np.save(tmp_path / "nvar.npy", np.full(nmap.shape[:2], 1e-2))
     res = CliRunner().invoke(app, ["fuse", str(tmp_path / "fit_a"), str(tmp_path / "fit_b"),
                                    "--map", f"{tmp_path / 'pos.npy'}:{tmp_path / 'var.npy'}",
+                                   "--normal-map", f"{tmp_path / 'n.npy'}:{tmp_path / 'nvar.npy'}",
                                    "--out", str(tmp_path / "fused"), "--smooth", "0"])
     assert res.exit_code == 0, res.output
     fused = trimesh.load(tmp_path / "fused" / "fused.ply", process=False)
@@ -137,3 +143,18 @@ def test_fuse_cli_on_fits_and_a_position_map(tmp_path):
     assert err < 0.4, err  # three sources of 0.3 mm noise each (mean error of one ~0.48 mm)
     summary = json.loads((tmp_path / "fused" / "fused.json").read_text())
     assert [s["name"] for s in summary["sources"]] == ["fit_a", "fit_b", "pos"]
+
+
+def test_normal_map_term_removes_bumps_the_positions_do_not_see():
+    from ssm.fusion.fuse import refine_with_normals
+    from ssm.geometry.mesh_ops import vertex_normals
+
+    t, tri = _truth()
+    rng = np.random.default_rng(5)
+    noisy = t + rng.normal(0, 0.5, t.shape)
+    var = np.full(len(t), 3 * 0.25)
+    true_n = vertex_normals(t, tri)
+    out = refine_with_normals(noisy, var, tri, true_n, normal_variance=1e-4)
+    assert _err(out, t) < 0.6 * _err(noisy, t)
+    # no normals: nothing changes
+    np.testing.assert_allclose(refine_with_normals(noisy, var, tri, np.full_like(t, np.nan)), noisy, atol=1e-9)

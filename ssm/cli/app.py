@@ -287,6 +287,8 @@ def fuse(
     map_: List[str] = typer.Option([], "--map", help="Position map and its variance map: POS.npy:VAR.npy "
                                                     "(UV, model frame, mm / mm^2)."),
     displacement_map: List[str] = typer.Option([], help="Displacement map along the normals: D.npy:VAR.npy."),
+    normal_map: Optional[str] = typer.Option(None, help="Normal map (unit xyz, model frame) and its angular "
+                                                        "variance map (rad^2): N.npy:VAR.npy."),
     model: Optional[Path] = typer.Option(None, help="Model file (for maps; default: the one in fit.json)."),
     smooth: int = typer.Option(3, help="Taubin iterations where the fused result is uncertain (0: off)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (smoothing)."),
@@ -304,7 +306,7 @@ def fuse(
     if model_path is None and fits and (fits[0] / "fit.json").exists():
         model_path = Path(_json.loads((fits[0] / "fit.json").read_text()).get("model") or "") or None
     m = load_model(model_path) if model_path else None
-    if map_ or displacement_map:
+    if map_ or displacement_map or normal_map:
         if m is None:
             raise SSMError("geometry maps need the model: pass --model")
         base = sources[0].vertices if sources else m.mean
@@ -313,6 +315,17 @@ def fuse(
         raise SSMError("nothing to fuse: give fit folders and/or --map files")
     tri = m.triangles if m is not None else _fit_triangles(fits[0])
     res = run_fuse(sources, triangles=tri)
+    if normal_map:
+        from ssm.fusion.fuse import refine_with_normals
+        from ssm.fusion.uv_maps import read_map, sample_to_vertices
+
+        if ":" not in normal_map:
+            raise SSMError(f"--normal-map {normal_map}: give NORMALS:VARIANCE files, e.g. n.npy:nvar.npy")
+        npath, vpath = normal_map.split(":", 1)
+        nv = sample_to_vertices(read_map(npath), m.uv, m.triangle_uvs, m.triangles, m.n_vertices)
+        sv = sample_to_vertices(read_map(vpath)[..., None], m.uv, m.triangle_uvs, m.triangles, m.n_vertices)[:, 0]
+        v = refine_with_normals(res.vertices, res.variance, tri, nv, np.where(np.isfinite(sv), sv, 1e6))
+        res = type(res)(v, res.variance, res.weights, res.inflation, res.names)
     if smooth > 0 and tri is not None:
         pins = None if m is None else m.landmark_indices
         v = smooth_uncertain(res.vertices, tri, res.stddev_mm, smooth, pins, device)

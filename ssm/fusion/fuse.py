@@ -207,3 +207,54 @@ def write_fused(result: FusedResult, out: str | Path, triangles: np.ndarray | No
     with atomic_write(out / "fused.json") as tmp:
         tmp.write_text(json.dumps(result.summary(), indent=2))
     return {"mesh": out / "fused.ply", "json": out / "fused.json"}
+
+
+def refine_with_normals(vertices: np.ndarray, variance: np.ndarray, triangles: np.ndarray,
+                        normals: np.ndarray, normal_variance: np.ndarray | float = 0.01,
+                        edge_weight: float = 1.0, max_angle_deg: float = 30.0) -> np.ndarray:
+    """Fuse a normal map as a normal-consistency term (positions from the other sources).
+
+    Minimises ``sum_i |x_i - v_i|^2 / var_i + sum_f sum_(i,j in f) (n_f . (x_j - x_i))^2
+    / (l_ij^2 s_f)`` over the positions x (Nehab et al. 2005): each triangle's edges
+    should be perpendicular to its target normal ``n_f`` (the normalised mean of its
+    corners' map normals), ``s_f`` the normals' variance in rad^2 and ``l_ij`` the edge
+    length (the term is the squared sine of the edge's tilt). One sparse least-squares
+    solve (3N unknowns, SuperLU).
+
+    vertices : (N, 3) fused positions (mm); variance : (N,) mm^2; normals : (N, 3) unit
+    target normals in the same frame, NaN rows where the map says nothing.
+    max_angle_deg : faces whose target normal is farther than this from their current
+        normal are left out (robustness to wrong normals).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    v = np.asarray(vertices, dtype=np.float64)
+    n = len(v)
+    var = np.where(np.isfinite(variance) & (variance > 0), variance, 1e6)
+    nrm = np.asarray(normals, dtype=np.float64)
+    has = np.isfinite(nrm).all(1) & (np.linalg.norm(np.nan_to_num(nrm), axis=1) > 0)
+    s_n = np.broadcast_to(np.asarray(normal_variance, dtype=np.float64), (n,))
+    tri = np.asarray(triangles, dtype=np.int64)
+    tri = tri[has[tri].all(1)]
+    nf = np.nan_to_num(nrm)[tri].sum(1)
+    nf /= np.maximum(np.linalg.norm(nf, axis=1, keepdims=True), 1e-12)
+    # gate: a map normal far from the current surface (a seam, a bad patch) is ignored
+    cur = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+    cur /= np.maximum(np.linalg.norm(cur, axis=1, keepdims=True), 1e-12)
+    ok = (cur * nf).sum(1) > np.cos(np.deg2rad(max_angle_deg))
+    tri, nf = tri[ok], nf[ok]
+    sf = s_n[tri].mean(1)
+    i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2]])
+    j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0]])
+    ni = np.concatenate([nf, nf, nf])
+    length2 = np.maximum(((v[j] - v[i]) ** 2).sum(1), 1e-12)
+    w = np.sqrt(edge_weight / (length2 * np.maximum(np.concatenate([sf, sf, sf]), 1e-12)))
+    rows = np.repeat(np.arange(len(i)), 6)
+    cols = np.stack([3 * j, 3 * j + 1, 3 * j + 2, 3 * i, 3 * i + 1, 3 * i + 2], 1).reshape(-1)
+    vals = (np.concatenate([ni, -ni], 1) * w[:, None]).reshape(-1)
+    a_n = sp.csr_matrix((vals, (rows, cols)), shape=(len(i), 3 * n))
+    p = np.repeat(1.0 / var, 3)
+    lhs = (sp.diags(p) + a_n.T @ a_n).tocsc()
+    rhs = p * v.reshape(-1)
+    return splu(lhs).solve(rhs).reshape(n, 3)
