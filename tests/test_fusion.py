@@ -158,3 +158,28 @@ def test_normal_map_term_removes_bumps_the_positions_do_not_see():
     assert _err(out, t) < 0.6 * _err(noisy, t)
     # no normals: nothing changes
     np.testing.assert_allclose(refine_with_normals(noisy, var, tri, np.full_like(t, np.nan)), noisy, atol=1e-9)
+
+
+def test_depth_map_source_measures_the_seen_side():
+    from ssm.fusion.fuse import source_from_depth_map
+
+    t, tri = _truth()
+    k = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
+    cam = np.eye(4)
+    cam[:3, 3] = [0, 0, -600.0]  # camera 600 mm in front of the sphere, looking along +z
+    # render a depth map of the true sphere analytically
+    rows, cols = np.mgrid[0:480, 0:640]
+    dirs = np.stack([(cols - 320) / 800.0, (rows - 240) / 800.0, np.ones_like(cols, float)], -1)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    o = np.array([0, 0, -600.0])
+    b = (dirs @ o)
+    disc = b ** 2 - (o @ o - 100.0 ** 2)
+    dist = -b - np.sqrt(np.where(disc > 0, disc, np.nan))
+    depth = dist * dirs[..., 2]
+    base = t * 1.01  # a slightly wrong estimate
+    src = source_from_depth_map(base, tri, depth, np.full(depth.shape, 0.01), k, cam)
+    seen = np.isfinite(src.variance)
+    assert 0.3 < seen.mean() < 0.6  # about the half facing the camera
+    err = np.linalg.norm(src.vertices[seen], axis=1) - 100.0  # measured points lie on the true sphere
+    assert np.quantile(np.abs(err), 0.95) < 0.2 and np.abs(err).max() < 1.0  # grazing pixels interpolate
+    assert (t[seen, 2] < 0).all()  # only the near side

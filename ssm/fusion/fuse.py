@@ -258,3 +258,42 @@ def refine_with_normals(vertices: np.ndarray, variance: np.ndarray, triangles: n
     lhs = (sp.diags(p) + a_n.T @ a_n).tocsc()
     rhs = p * v.reshape(-1)
     return splu(lhs).solve(rhs).reshape(n, 3)
+
+
+def source_from_depth_map(base: np.ndarray, triangles: np.ndarray | None, depth: np.ndarray, variance: np.ndarray,
+                          intrinsics: np.ndarray, camera_to_model: np.ndarray, name: str = "depth",
+                          max_gap_mm: float = 10.0) -> GeometrySource:
+    """A depth map from a calibrated camera -> per-vertex source.
+
+    base : (N, 3) current estimate (model frame, mm), used to find where each vertex
+    projects; depth : (H, W) z-depth in mm (NaN / 0 = no measurement); variance : (H, W)
+    mm^2 along the ray; intrinsics : (3, 3) pinhole K (pixels); camera_to_model : (4, 4)
+    (camera looks along +z, x right, y down, OpenCV convention). Each vertex facing the
+    camera gets the measured point on its own viewing ray; vertices facing away, outside
+    the image, or hidden (the measured surface more than ``max_gap_mm`` in front) get none.
+    """
+    from ssm.fusion.uv_maps import bilinear  # NaN-aware bilinear sampling of an image
+
+    t = np.asarray(camera_to_model, dtype=np.float64)
+    r, c = t[:3, :3], t[:3, 3]
+    p = (np.asarray(base, dtype=np.float64) - c) @ r  # model -> camera
+    z = p[:, 2]
+    k = np.asarray(intrinsics, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        px = k[0, 0] * p[:, 0] / z + k[0, 2]
+        py = k[1, 1] * p[:, 1] / z + k[1, 2]
+    h, w = depth.shape
+    d_img = np.where(np.asarray(depth, dtype=np.float64) > 0, depth, np.nan)
+    # bilinear() takes texture coordinates: u = (col + 0.5) / W, v = 1 - (row + 0.5) / H
+    uv = np.stack([(px + 0.5) / w, 1.0 - (py + 0.5) / h], 1)
+    d = bilinear(d_img, uv, 1.0)[:, 0]
+    var = bilinear(np.asarray(variance, dtype=np.float64), uv, 1.0)[:, 0]
+    ok = (z > 0) & np.isfinite(d) & np.isfinite(var)
+    if triangles is not None:
+        from ssm.geometry.mesh_ops import vertex_normals
+
+        n = vertex_normals(base, triangles) @ r  # in the camera frame
+        ok &= (n * p).sum(1) < 0  # facing the camera
+    ok &= np.abs(d - z) < max_gap_mm  # not hidden behind something nearer
+    meas = np.where(ok[:, None], p * (d / np.where(z > 0, z, 1.0))[:, None], np.nan)
+    return GeometrySource(name, meas @ r.T + c, np.where(ok, var, np.inf))
