@@ -179,7 +179,7 @@ def test_depth_map_source_measures_the_seen_side():
     base = t * 1.01  # a slightly wrong estimate
     src = source_from_depth_map(base, tri, depth, np.full(depth.shape, 0.01), k, cam)
     seen = np.isfinite(src.variance)
-    assert 0.3 < seen.mean() < 0.6  # about the half facing the camera
+    assert 0.2 < seen.mean() < 0.5  # the side facing the camera, less the grazing rim
     err = np.linalg.norm(src.vertices[seen], axis=1) - 100.0  # measured points lie on the true sphere
-    assert np.quantile(np.abs(err), 0.95) < 0.2 and np.abs(err).max() < 1.0  # grazing pixels interpolate
+    assert np.abs(err).max() < 0.05
     assert (t[seen, 2] < 0).all()  # only the near side

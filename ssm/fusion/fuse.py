@@ -262,7 +262,7 @@ def refine_with_normals(vertices: np.ndarray, variance: np.ndarray, triangles: n
 
 def source_from_depth_map(base: np.ndarray, triangles: np.ndarray | None, depth: np.ndarray, variance: np.ndarray,
                           intrinsics: np.ndarray, camera_to_model: np.ndarray, name: str = "depth",
-                          max_gap_mm: float = 10.0) -> GeometrySource:
+                          max_gap_mm: float = 10.0, max_view_angle_deg: float = 75.0) -> GeometrySource:
     """A depth map from a calibrated camera -> per-vertex source.
 
     base : (N, 3) current estimate (model frame, mm), used to find where each vertex
@@ -270,7 +270,8 @@ def source_from_depth_map(base: np.ndarray, triangles: np.ndarray | None, depth:
     mm^2 along the ray; intrinsics : (3, 3) pinhole K (pixels); camera_to_model : (4, 4)
     (camera looks along +z, x right, y down, OpenCV convention). Each vertex facing the
     camera gets the measured point on its own viewing ray; vertices facing away, outside
-    the image, or hidden (the measured surface more than ``max_gap_mm`` in front) get none.
+    the image, seen at a grazing angle (over ``max_view_angle_deg``, where depth edges
+    blur) or hidden (the measured surface more than ``max_gap_mm`` in front) get none.
     """
     from ssm.fusion.uv_maps import bilinear  # NaN-aware bilinear sampling of an image
 
@@ -293,7 +294,8 @@ def source_from_depth_map(base: np.ndarray, triangles: np.ndarray | None, depth:
         from ssm.geometry.mesh_ops import vertex_normals
 
         n = vertex_normals(base, triangles) @ r  # in the camera frame
-        ok &= (n * p).sum(1) < 0  # facing the camera
+        view = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        ok &= -(n * view).sum(1) > np.cos(np.deg2rad(max_view_angle_deg))  # facing the camera, not grazing
     ok &= np.abs(d - z) < max_gap_mm  # not hidden behind something nearer
     meas = np.where(ok[:, None], p * (d / np.where(z > 0, z, 1.0))[:, None], np.nan)
     return GeometrySource(name, meas @ r.T + c, np.where(ok, var, np.inf))
