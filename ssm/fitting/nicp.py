@@ -57,13 +57,9 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             x = x0 + d
             xs = pose.apply(x)
             ns = instance_normals(model, x) @ pose.rotation.T
-            # stiff levels reach far (what the model could not explain, e.g. an open jaw,
-            # is exactly what this stage is for); soft levels match only close by
-            wide = li < len(levels) // 2
-            gate = config.max_distance_mm if wide else adaptive_gate(corr, config.max_distance_mm,
-                                                                     config.min_distance_mm)
+            gate = adaptive_gate(corr, config.max_distance_mm, config.min_distance_mm)
             corr = find_correspondences(xs, ns, scan, 1.0 / pose.scale, gate, config.normal_cos,
-                                        config.scan_samples, rng, robust_mm=gate / 2 if wide else None)
+                                        config.scan_samples, rng)
             if len(corr) < 10:
                 break
             w = np.zeros(n)
