@@ -183,3 +183,45 @@ def test_depth_map_source_measures_the_seen_side():
     err = np.linalg.norm(src.vertices[seen], axis=1) - 100.0  # measured points lie on the true sphere
     assert np.abs(err).max() < 0.05
     assert (t[seen, 2] < 0).all()  # only the near side
+
+
+def test_fuse_cli_with_a_depth_map(tmp_path):
+    import json
+
+    import trimesh
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+    from ssm.models.shape_model import ShapeModel
+
+    t, tri = _truth()
+    save_model(ShapeModel(t, np.zeros((3 * len(t), 0)), np.zeros(0), 0.0, triangles=tri), tmp_path / "m.h5")
+    d = tmp_path / "fit_a"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    write_mesh(d / "fit_model_frame.ply", t + rng.normal(0, 0.5, t.shape), tri, {"stddev_mm": np.full(len(t), 0.87)})
+    (d / "fit.json").write_text(json.dumps({"model": str(tmp_path / "m.h5")}))
+    k = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
+    cam = np.eye(4)
+    cam[:3, 3] = [0, 0, -600.0]
+    rows, cols = np.mgrid[0:480, 0:640]
+    dirs = np.stack([(cols - 320) / 800.0, (rows - 240) / 800.0, np.ones_like(cols, float)], -1)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    o = np.array([0, 0, -600.0])
+    b = dirs @ o
+    disc = b ** 2 - (o @ o - 100.0 ** 2)
+    depth = (-b - np.sqrt(np.where(disc > 0, disc, np.nan))) * dirs[..., 2]
+    np.save(tmp_path / "d.npy", depth)
+    np.save(tmp_path / "dv.npy", np.full(depth.shape, 0.01))
+    np.savetxt(tmp_path / "K.txt", k)
+    np.savetxt(tmp_path / "pose.txt", cam)
+    spec = ":".join(str(tmp_path / f) for f in ("d.npy", "dv.npy", "K.txt", "pose.txt"))
+    res = CliRunner().invoke(app, ["fuse", str(d), "--depth-map", spec, "--out", str(tmp_path / "out"),
+                                   "--smooth", "0"])
+    assert res.exit_code == 0, res.output
+    fused = np.asarray(trimesh.load(tmp_path / "out" / "fused.ply", process=False).vertices)
+    near = t[:, 2] < -60  # seen by the camera: the precise depth wins there
+    err = np.abs(np.linalg.norm(fused, axis=1) - 100.0)
+    assert err[near].mean() < 0.1 < err[~near].mean()

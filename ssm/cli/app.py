@@ -200,6 +200,8 @@ def fit(
     preset: str = typer.Option("accurate", help="accurate | fast (about 2x faster, slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
+    normal_map: Optional[str] = typer.Option(None, help="Also use a normal map: N.npy:VAR.npy (rad^2)."),
+    depth_map: List[str] = typer.Option([], help="Also fuse a depth map: D.npy:VAR.npy:K.txt:POSE.txt."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png
@@ -232,12 +234,15 @@ def fit(
                 sc = load_scan(scan_path)
                 res = run_fit(m, sc, landmarks=lm, pose=pose, units=units, device=device, config=cfg)
                 write_fit(res, dest, sc, {"scan": str(scan_path), "model": str(model), "landmarks": lm})
-                if map_ or displacement_map:
+                if map_ or displacement_map or normal_map or depth_map:
                     from ssm.fusion.fuse import GeometrySource, fuse as run_fuse, write_fused
 
                     srcs = [GeometrySource("fit", res.vertices_model, res.stddev_mm ** 2)]
-                    srcs += _map_sources(m, map_, displacement_map, res.vertices_model)
-                    write_fused(run_fuse(srcs, triangles=m.triangles), dest, m.triangles)
+                    srcs += _map_sources(m, map_, displacement_map, res.vertices_model, depth_map)
+                    fused = run_fuse(srcs, triangles=m.triangles)
+                    if normal_map:
+                        fused = _apply_normal_map(m, fused, normal_map)
+                    write_fused(fused, dest, m.triangles)
                 d = res.summary()["distance_to_scan_mm"]
                 rows.append((scan_path.name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}",
                              f"{res.seconds:.2f}", str(dest)))
@@ -261,12 +266,23 @@ def fit(
         raise typer.Exit(3)
 
 
-def _map_sources(model, maps: list[str], displacement_maps: list[str], base):
-    """--map POS:VAR and --displacement-map DISP:VAR options -> geometry sources."""
-    from ssm.fusion.fuse import source_from_displacement_map, source_from_position_map
+def _map_sources(model, maps: list[str], displacement_maps: list[str], base, depth_maps: list[str] = ()):
+    """--map POS:VAR, --displacement-map DISP:VAR and --depth-map D:VAR:K:POSE -> geometry sources."""
+    from ssm.fusion.fuse import source_from_depth_map, source_from_displacement_map, source_from_position_map
     from ssm.fusion.uv_maps import read_map
 
     out = []
+    for spec in depth_maps or []:
+        parts = spec.split(":")
+        if len(parts) != 4:
+            raise SSMError(f"--depth-map {spec}: give DEPTH:VARIANCE:INTRINSICS:POSE files "
+                           "(depth in mm, 3x3 K and 4x4 camera-to-model matrices as text)")
+        d, var, kfile, pfile = parts
+        k, pose = np.loadtxt(kfile, ndmin=2), np.loadtxt(pfile, ndmin=2)
+        if k.shape != (3, 3) or pose.shape != (4, 4):
+            raise SSMError(f"--depth-map {spec}: intrinsics must be 3x3 and the pose 4x4")
+        out.append(source_from_depth_map(base, model.triangles, read_map(d), read_map(var), k, pose,
+                                         name=Path(d).stem))
     for spec in maps or []:
         if ":" not in spec:
             raise SSMError(f"--map {spec}: give POSITIONS:VARIANCE files, e.g. pos.npy:var.npy")
@@ -289,6 +305,8 @@ def fuse(
     displacement_map: List[str] = typer.Option([], help="Displacement map along the normals: D.npy:VAR.npy."),
     normal_map: Optional[str] = typer.Option(None, help="Normal map (unit xyz, model frame) and its angular "
                                                         "variance map (rad^2): N.npy:VAR.npy."),
+    depth_map: List[str] = typer.Option([], help="Depth map from a calibrated camera: D.npy:VAR.npy:K.txt:POSE.txt "
+                                                 "(mm, mm^2, 3x3 intrinsics, 4x4 camera-to-model)."),
     model: Optional[Path] = typer.Option(None, help="Model file (for maps; default: the one in fit.json)."),
     smooth: int = typer.Option(3, help="Taubin iterations where the fused result is uncertain (0: off)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (smoothing)."),
@@ -306,26 +324,17 @@ def fuse(
     if model_path is None and fits and (fits[0] / "fit.json").exists():
         model_path = Path(_json.loads((fits[0] / "fit.json").read_text()).get("model") or "") or None
     m = load_model(model_path) if model_path else None
-    if map_ or displacement_map or normal_map:
+    if map_ or displacement_map or normal_map or depth_map:
         if m is None:
             raise SSMError("geometry maps need the model: pass --model")
         base = sources[0].vertices if sources else m.mean
-        sources += _map_sources(m, map_, displacement_map, base)
+        sources += _map_sources(m, map_, displacement_map, base, depth_map)
     if len(sources) < 1:
         raise SSMError("nothing to fuse: give fit folders and/or --map files")
     tri = m.triangles if m is not None else _fit_triangles(fits[0])
     res = run_fuse(sources, triangles=tri)
     if normal_map:
-        from ssm.fusion.fuse import refine_with_normals
-        from ssm.fusion.uv_maps import read_map, sample_to_vertices
-
-        if ":" not in normal_map:
-            raise SSMError(f"--normal-map {normal_map}: give NORMALS:VARIANCE files, e.g. n.npy:nvar.npy")
-        npath, vpath = normal_map.split(":", 1)
-        nv = sample_to_vertices(read_map(npath), m.uv, m.triangle_uvs, m.triangles, m.n_vertices)
-        sv = sample_to_vertices(read_map(vpath)[..., None], m.uv, m.triangle_uvs, m.triangles, m.n_vertices)[:, 0]
-        v = refine_with_normals(res.vertices, res.variance, tri, nv, np.where(np.isfinite(sv), sv, 1e6))
-        res = type(res)(v, res.variance, res.weights, res.inflation, res.names)
+        res = _apply_normal_map(m, res, normal_map)
     if smooth > 0 and tri is not None:
         pins = None if m is None else m.landmark_indices
         v = smooth_uncertain(res.vertices, tri, res.stddev_mm, smooth, pins, device)
@@ -336,6 +345,21 @@ def fuse(
         con.print(f"{src['name']}: variance inflation {src['variance_inflation']:.2f}, "
                   f"mean weight share {src['mean_weight_share']:.2f}")
     con.print(f"wrote {out / 'fused.ply'} and {out / 'fused.json'}")
+
+
+def _apply_normal_map(model, res, spec: str):
+    """--normal-map N:VAR: refine a fused result with a normal-consistency term."""
+    from ssm.fusion.fuse import refine_with_normals
+    from ssm.fusion.uv_maps import read_map, sample_to_vertices
+
+    if ":" not in spec:
+        raise SSMError(f"--normal-map {spec}: give NORMALS:VARIANCE files, e.g. n.npy:nvar.npy")
+    npath, vpath = spec.split(":", 1)
+    nv = sample_to_vertices(read_map(npath), model.uv, model.triangle_uvs, model.triangles, model.n_vertices)
+    sv = sample_to_vertices(read_map(vpath)[..., None], model.uv, model.triangle_uvs, model.triangles,
+                            model.n_vertices)[:, 0]
+    v = refine_with_normals(res.vertices, res.variance, model.triangles, nv, np.where(np.isfinite(sv), sv, 1e6))
+    return type(res)(v, res.variance, res.weights, res.inflation, res.names)
 
 
 def _fit_triangles(folder: Path):

@@ -19,6 +19,7 @@ import numpy as np
 from ssm.geometry.similarity import fit_similarity
 
 _CHI2_3_MEDIAN_OVER_3 = 2.3660 / 3.0  # median of |e|^2 / E|e|^2 for a 3D Gaussian error
+_CHI2_1_MEDIAN = 0.4549  # median of z^2 for a standard normal z
 
 
 @dataclass(frozen=True)
@@ -116,30 +117,48 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
 def _roughness_inflation(x: np.ndarray, var: np.ndarray, valid: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """(S,) variance inflation of each source from its own high-frequency content.
 
-    For a surface sampled much finer than its curvature, ``x_i - mean(neighbours)`` is
-    mostly noise, with E|.|^2 = var_i (1 + 1/deg_i) for independent noise; a source whose
-    roughness exceeds what its variances claim is inflated by the ratio (medians).
+    ``h_i = x_i - mean(neighbours)`` holds the source's noise plus the surface's own
+    curvature; the curvature part is the same for a Taubin-smoothed copy of the source
+    (Taubin smoothing removes noise, not shape), so the normal component of
+    ``h(x) - h(smooth(x))`` is mostly noise, with E[.^2] ~ var_i / 3 (1 + 1/deg_i) for
+    independent noise (the tangential part is left out: smoothing also evens out the
+    vertex spacing). A source whose roughness exceeds what its variances claim is
+    inflated by the ratio of medians (chi-square, 1 degree of freedom).
     """
-    from ssm.geometry.mesh_ops import edges
+    import torch
+
+    from ssm.geometry.mesh_ops import edges, vertex_normals
+    from ssm.geometry.torch_ops import taubin_smooth
 
     e = edges(triangles)
     n = x.shape[1]
     out = np.ones(x.shape[0])
+    cover = valid.sum(0)
+    fill = (x * valid[..., None]).sum(0) / np.maximum(cover, 1)[:, None]  # where a source is silent
+
+    def umbrella(y, ee):
+        acc = np.zeros((n, 3))
+        cnt = np.zeros(n)
+        np.add.at(acc, ee[:, 0], y[ee[:, 1]])
+        np.add.at(acc, ee[:, 1], y[ee[:, 0]])
+        np.add.at(cnt, ee[:, 0], 1.0)
+        np.add.at(cnt, ee[:, 1], 1.0)
+        return y - acc / np.maximum(cnt, 1)[:, None], cnt
+
     for s in range(x.shape[0]):
         ok_e = valid[s, e[:, 0]] & valid[s, e[:, 1]]
         ee = e[ok_e]
-        acc = np.zeros((n, 3))
-        cnt = np.zeros(n)
-        np.add.at(acc, ee[:, 0], x[s, ee[:, 1]])
-        np.add.at(acc, ee[:, 1], x[s, ee[:, 0]])
-        np.add.at(cnt, ee[:, 0], 1.0)
-        np.add.at(cnt, ee[:, 1], 1.0)
+        h, cnt = umbrella(x[s], ee)
+        filled = np.where(valid[s][:, None], x[s], fill)
+        smooth = taubin_smooth(torch.as_tensor(filled), triangles, 10).numpy()
+        h_s, _ = umbrella(smooth, ee)
         ok = valid[s] & (cnt >= 3)
         if ok.sum() < 10:
             continue
-        h2 = ((x[s, ok] - acc[ok] / cnt[ok, None]) ** 2).sum(1)
-        ratio = h2 / (var[s, ok] * (1.0 + 1.0 / cnt[ok]))
-        out[s] = max(1.0, float(np.median(ratio)) / _CHI2_3_MEDIAN_OVER_3)
+        nrm = vertex_normals(smooth, triangles)
+        h2 = (((h - h_s) * nrm).sum(1)[ok]) ** 2
+        ratio = h2 / (var[s, ok] / 3.0 * (1.0 + 1.0 / cnt[ok]))
+        out[s] = max(1.0, float(np.median(ratio)) / _CHI2_1_MEDIAN)
     return out
 
 

@@ -14,7 +14,8 @@ import torch
 
 
 def _as_faces(faces, device) -> torch.Tensor:
-    f = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces, dtype=torch.long)
+    f = faces if torch.is_tensor(faces) else torch.as_tensor(np.array(faces, dtype=np.int64))
+    f = f.long()
     return f.to(device)
 
 
