@@ -146,22 +146,19 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 lm_m = inv.apply(lm_sel[1])
                 # robust: a landmark far from where the current fit puts it (a wrong or
                 # differently defined point) loses its pull (Geman-McClure at 2 sigma)
-                r_lm = np.linalg.norm(model.instance(c[:k])[lm_sel[0]] - lm_m, axis=1)
+                r_lm = np.linalg.norm(x[lm_sel[0]] - lm_m, axis=1)
                 robust = 1.0 / (1.0 + (r_lm ** 2 / (4.0 * var_lm))) ** 2
                 n_eff = len(corr) * (model.n_vertices / float(config.vertex_samples)
                                      if allowed is not candidates else 1.0)
-                lm_w = noise_var / var_lm * _landmark_boost(n_eff) * robust
+                lm_w = noise_var / var_lm * landmark_boost(n_eff) * robust
                 lm_terms = (lm_sel[0], lm_m, lm_w)
             if k > 0:
                 sel = slice(None)
                 if len(corr) > config.solve_samples:  # a random subset each iteration
                     sel = np.sort(rng.choice(len(corr), config.solve_samples, replace=False))
                 scale_w = len(corr) / len(corr.vertex[sel])  # keep the data / prior balance
-            else:
-                sel, scale_w = slice(None), 1.0
-            if allowed is not candidates:  # subsampled vertices stand for all of them
-                scale_w *= model.n_vertices / float(config.vertex_samples)
-            if k > 0:
+                if allowed is not candidates:  # subsampled vertices stand for all of them
+                    scale_w *= model.n_vertices / float(config.vertex_samples)
                 c[:k] = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
                                            noise_var, config.point_to_plane, lm_terms, phi_all)
             c[k:] = 0.0
@@ -175,7 +172,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
     return ModelFitState(pose, c, corr), rep
 
 
-def _landmark_boost(n_corr: int) -> float:
+def landmark_boost(n_corr: float) -> float:
     """Landmark terms compete with thousands of (correlated) surface terms: count them more."""
     return max(1.0, n_corr / 500.0)
 
@@ -198,7 +195,7 @@ def _update_pose(x: np.ndarray, corr: Correspondences, lm_sel, pose: Similarity,
     w_pl = corr.weight * point_to_plane * has_n
     w_pp = corr.weight - w_pl
     if lm_sel is not None and len(lm_sel[0]):
-        boost = max(1.0, len(corr) / 500.0)
+        boost = landmark_boost(len(corr))
         src = np.concatenate([src, pose.apply(x[lm_sel[0]])])
         dst = np.concatenate([dst, lm_sel[1]])
         nrm = np.concatenate([nrm, np.zeros((len(lm_sel[0]), 3))])

@@ -26,7 +26,7 @@ from scipy.sparse.linalg import splu
 from ssm.fitting.config import FitConfig
 from ssm.fitting.correspondence import adaptive_gate, find_correspondences
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import instance_normals
+from ssm.fitting.model_fit import instance_normals, landmark_boost
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.geometry.mesh_ops import uniform_laplacian
@@ -67,7 +67,7 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             w[corr.vertex] = corr.weight
             rhs[corr.vertex] = corr.weight[:, None] * (inv.apply(corr.target) - x0[corr.vertex])
             if lm_v is not None and li < len(levels) // 2:
-                lw = max(1.0, len(corr) / 500.0)
+                lw = landmark_boost(len(corr))
                 np.add.at(w, lm_v, lw)
                 np.add.at(rhs, lm_v, lw * (lm_y - x0[lm_v]))
             wmean = float(corr.weight.mean())

@@ -91,6 +91,18 @@ class Evaluation:
         return path
 
 
+def _align_to_mean(shapes: np.ndarray, masks: np.ndarray | None, mean: np.ndarray, align: str):
+    """Align shapes (b, N, 3) to the model mean as the model was built (observed vertices
+    only); returns ``(aligned, s, r, t)`` with the transforms (identity for "none")."""
+    b, n, _ = shapes.shape
+    if align == "none":
+        s, r, t = np.ones(b), np.tile(np.eye(3), (b, 1, 1)), np.zeros((b, 3))
+    else:
+        w = np.ones((b, n)) if masks is None else masks.astype(np.float64)
+        s, r, t = fit_similarity(shapes, mean, weights=w, scale=(align == "similarity"))
+    return apply_similarity(shapes, s, r, t), s, r, t
+
+
 def _reconstruction_errors(model: ShapeModel, shapes: np.ndarray, masks: np.ndarray | None,
                            ks: list[int], triangles: np.ndarray | None, align: str):
     """Per-shape v2v and v2s errors (len(ks), b) of the best K-component reconstruction.
@@ -101,13 +113,8 @@ def _reconstruction_errors(model: ShapeModel, shapes: np.ndarray, masks: np.ndar
     """
     from ssm.geometry.surface_distance import SurfaceQuery
 
-    b, n, _ = shapes.shape
-    w = np.ones((b, n)) if masks is None else masks.astype(np.float64)
-    if align == "none":
-        s, r, t = np.ones(b), np.tile(np.eye(3), (b, 1, 1)), np.zeros((b, 3))
-    else:
-        s, r, t = fit_similarity(shapes, model.mean, weights=w, scale=(align == "similarity"))
-    aligned = apply_similarity(shapes, s, r, t)
+    b = shapes.shape[0]
+    aligned, s, r, t = _align_to_mean(shapes, masks, model.mean, align)
     v2v = np.zeros((len(ks), b))
     v2s = np.zeros((len(ks), b))
     k_max = max(ks)
@@ -254,12 +261,7 @@ def specificity(model: ShapeModel, corpus: Corpus, n_samples: int = 100, seed: i
     best_i = np.full((nk * n, candidates), -1, dtype=np.int64)
     done = 0
     for idx, v, m in corpus.iter_chunks(chunk=128):
-        w = np.ones(v.shape[:2]) if m is None else m.astype(np.float64)
-        if align == "none":
-            aligned = v
-        else:
-            s, r, t = fit_similarity(v, model.mean, weights=w, scale=(align == "similarity"))
-            aligned = apply_similarity(v, s, r, t)
+        aligned = _align_to_mean(v, m, model.mean, align)[0]
         x = aligned.reshape(len(idx), -1).astype(np.float32)
         d2 = sq[:, None] + (x.astype(np.float64) ** 2).sum(1)[None] - 2.0 * (flat @ x.T)
         all_d = np.concatenate([best_d, d2], axis=1)
@@ -273,11 +275,7 @@ def specificity(model: ShapeModel, corpus: Corpus, n_samples: int = 100, seed: i
     # exact distances against the candidates
     uniq = np.unique(best_i[best_i >= 0])
     shapes = corpus.read(uniq)
-    masks = corpus.read_masks(uniq)
-    w = np.ones(shapes.shape[:2]) if masks is None else masks.astype(np.float64)
-    if align != "none":
-        s, r, t = fit_similarity(shapes, model.mean, weights=w, scale=(align == "similarity"))
-        shapes = apply_similarity(shapes, s, r, t)
+    shapes = _align_to_mean(shapes, corpus.read_masks(uniq), model.mean, align)[0]
     pos = {int(u): j for j, u in enumerate(uniq)}
     tri = corpus.triangles
     queries: dict[int, SurfaceQuery] = {}
