@@ -57,3 +57,14 @@ def test_gpa_makes_transformed_copies_identical(tmp_path):
     size = np.sqrt(((g.mean - g.mean.mean(0)) ** 2).sum(1).mean())
     base_size = np.sqrt(((base - base.mean(0)) ** 2).sum(1).mean())
     assert abs(size - base_size * s.mean()) < 1e-5 * size
+
+
+def test_known_scale_is_kept_and_translation_follows():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(30, 3))
+    r0 = Rotation.random(random_state=8).as_matrix()
+    y = 0.1 * x @ r0.T + [1.0, 2.0, 3.0]
+    s, r, t = fit_similarity(x, y, scale=0.1, weights=rng.uniform(0.5, 1.0, 30))
+    assert s == 0.1
+    np.testing.assert_allclose(r, r0, atol=1e-10)
+    np.testing.assert_allclose(t, [1.0, 2.0, 3.0], atol=1e-10)

@@ -31,10 +31,7 @@ def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config:
         raise ValueError("landmark initialisation needs at least 3 landmarks")
 
     def solve(idx):
-        s, r, t = fit_similarity(src[idx], dst[idx], scale=fixed_scale is None)
-        if fixed_scale is not None:
-            s = fixed_scale
-            t = dst[idx].mean(0) - s * r @ src[idx].mean(0)
+        s, r, t = fit_similarity(src[idx], dst[idx], scale=True if fixed_scale is None else fixed_scale)
         return Similarity(float(s), r, t)
 
     def residual_mm(sim):

@@ -20,10 +20,10 @@ from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
 from ssm.fitting.scan import Scan, load_scan, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
-from ssm.fitting.uncertainty import fit_stddev
-from ssm.geometry.torch_ops import smooth_uncertain
 from ssm.fitting.correspondence import find_correspondences
+from ssm.fitting.uncertainty import fit_stddev
 from ssm.geometry.similarity import Similarity, fit_similarity
+from ssm.geometry.torch_ops import smooth_uncertain
 from ssm.io.units import MM_PER_UNIT, mm_per_unit
 from ssm.models.shape_model import ShapeModel
 
@@ -195,11 +195,8 @@ def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, 
                                     cfg.scan_samples, rng)
         if len(corr) < 10:
             break
-        s, r, t = fit_similarity(x[corr.vertex], corr.target, weights=corr.weight, scale=fixed_scale is None)
-        if fixed_scale is not None:
-            s = fixed_scale
-            w = corr.weight
-            t = (w[:, None] * corr.target).sum(0) / w.sum() - s * r @ ((w[:, None] * x[corr.vertex]).sum(0) / w.sum())
+        s, r, t = fit_similarity(x[corr.vertex], corr.target, weights=corr.weight,
+                                 scale=True if fixed_scale is None else fixed_scale)
         pose = Similarity(float(s), r, t)
     moved = float(np.sqrt(((start.inverse().apply(pose.apply(x)) - x) ** 2).sum(1).mean()))
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])

@@ -58,15 +58,18 @@ class Similarity:
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
-                   scale: bool = True, reflection: bool = False):
+                   scale: bool | float = True, reflection: bool = False):
     """Least-squares transform taking ``src`` onto ``dst`` (weighted Umeyama 1991).
 
     src : (B, N, 3) or (N, 3) points; dst : same shape or (N, 3) shared target.
     weights : (B, N) or (N,) non-negative weights (e.g. validity masks); None = uniform.
-    scale : estimate a scale (similarity) or keep 1 (rigid).
+    scale : True to estimate a scale (similarity), False to keep 1 (rigid), or a known
+        scale (e.g. the scan's units per mm) to use as it is.
     Returns ``(s (B,), R (B, 3, 3), t (B, 3))`` (without the batch axis for 2-D input)
     such that ``s R src + t`` best matches ``dst``.
     """
+    estimate = isinstance(scale, (bool, np.bool_)) and bool(scale)
+    known = 1.0 if isinstance(scale, (bool, np.bool_)) else float(scale)
     single = np.ndim(src) == 2
     x = np.asarray(src)
     ft = x.dtype if x.dtype in (np.float32, np.float64) else np.float64  # big arrays stay float32
@@ -87,7 +90,7 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
         mx = np.matmul(wn, x).astype(np.float64)  # (B, 3)
         my = (wn @ y).astype(np.float64)  # (3,)
         cov = np.matmul((wn[:, None] * y).T, x).astype(np.float64) - my[None, :, None] * mx[:, None, :]
-        var_x = (np.matmul(wn, x * x).sum(-1, dtype=np.float64) - (mx * mx).sum(1)) if scale else None
+        var_x = (np.matmul(wn, x * x).sum(-1, dtype=np.float64) - (mx * mx).sum(1)) if estimate else None
         my = np.broadcast_to(my, (b, 3))
     else:
         y = np.broadcast_to(y, x.shape)
@@ -101,7 +104,7 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
         xc = x - mx[:, None]
         yc = y - my[:, None]
         cov = np.matmul((yc * wn[:, :, None]).transpose(0, 2, 1), xc).astype(np.float64)  # (B, 3, 3)
-        var_x = (wn * (xc * xc).sum(axis=2)).sum(axis=1, dtype=np.float64) if scale else None
+        var_x = (wn * (xc * xc).sum(axis=2)).sum(axis=1, dtype=np.float64) if estimate else None
         mx, my = mx.astype(np.float64), my.astype(np.float64)
     u, sv, vt = np.linalg.svd(cov)
     d = np.ones((b, 3))
@@ -109,10 +112,10 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
         d[:, 2] = np.sign(np.linalg.det(u @ vt))
         d[d == 0] = 1.0
     r = u @ (d[:, :, None] * vt)
-    if scale:
+    if estimate:
         s = (sv * d).sum(axis=1) / np.maximum(var_x, 1e-300)
     else:
-        s = np.ones(b)
+        s = np.full(b, known)
     t = my - s[:, None] * np.matmul(r, mx[:, :, None])[:, :, 0]
     if single:
         return float(s[0]), r[0], t[0]
