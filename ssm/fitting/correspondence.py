@@ -78,10 +78,11 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
         vi = idx_allowed[np.where(ok2, i2, 0)]
         c2 = (vnormals[vi] * scan.normals[pick]).sum(1)
         ok2 &= (c2 if scan.oriented else np.abs(c2)) >= normal_cos
-        vi, pts = vi[ok2], scan.points[pick[ok2]]
-        np.add.at(tgt_sum, vi, pts)
-        np.add.at(nrm_sum, vi, scan.normals[pick[ok2]])
-        np.add.at(cnt, vi, 1.0)
+        vi, pts, pn = vi[ok2], scan.points[pick[ok2]], scan.normals[pick[ok2]]
+        for c in range(3):
+            tgt_sum[:, c] += np.bincount(vi, pts[:, c], minlength=n)
+            nrm_sum[:, c] += np.bincount(vi, pn[:, c], minlength=n)
+        cnt += np.bincount(vi, minlength=n)
     have = np.flatnonzero(cnt > 0)
     target = tgt_sum[have] / cnt[have, None]
     nrm = nrm_sum[have]

@@ -55,7 +55,7 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,
                        normal_m: np.ndarray, weight: np.ndarray, noise_var: float, point_to_plane: float,
                        lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                       phi_all: np.ndarray | None = None) -> np.ndarray:
+                       phi_all: np.ndarray | None = None, pp_samples: int | None = 1000) -> np.ndarray:
     """MAP standardised coefficients (k,) for targets in the model frame.
 
     Minimises ``sum_i w_i r_i^T M_i r_i + noise_var ||c||^2 + landmark terms`` with
@@ -63,6 +63,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     point_to_plane where the normal is known) and ``Phi = U diag(sd)``.
     lm : (vertex (L,), target (L, 3) model frame, weight (L,)) landmark terms.
     phi_all : :func:`scaled_basis` of the model, to skip recomputing it.
+    pp_samples : about how many surface rows enter the point-to-point part (None: all).
     """
     if phi_all is None:
         phi_all = scaled_basis(model)
@@ -81,10 +82,17 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     a = point_to_plane * has_n  # (C,)
     w_pp = wts * (1.0 - a)
     w_pl = wts * a
-    pf = phi.reshape(-1, k)
-    wpf = pf * np.repeat(w_pp, 3).astype(np.float32)[:, None]
+    # The point-to-point part costs 3x the point-to-plane one per row and carries less
+    # weight: it uses every ``stride``-th surface row (weights scaled to match), and all
+    # landmark rows.
+    n_surf = len(corr_vertex)
+    stride = max(1, n_surf // pp_samples) if pp_samples else 1
+    rows = np.concatenate([np.arange(0, n_surf, stride), np.arange(n_surf, len(verts))])
+    w_rows = w_pp[rows] * np.where(rows < n_surf, float(stride), 1.0)
+    pf = phi[rows].reshape(-1, k)
+    wpf = pf * np.repeat(w_rows, 3).astype(np.float32)[:, None]
     A = (wpf.T @ pf).astype(np.float64)
-    b = wpf.T.astype(np.float64) @ r.reshape(-1)
+    b = wpf.T.astype(np.float64) @ r[rows].reshape(-1)
     nphi = (nrm[:, :, None].astype(np.float32) * phi).sum(1)  # (C, k)
     nr = (nrm * r).sum(1)
     wn = nphi * w_pl.astype(np.float32)[:, None]
@@ -115,9 +123,12 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
         keep = np.ones(len(landmarks), bool) if landmark_mask is None else landmark_mask
         lm_sel = (landmarks.vertex[keep], landmarks.points[keep],
                   None if landmarks.covariances is None else landmarks.covariances[keep])
+    x = model.instance(c)
     for k, prior_scale in zip(levels, scales):
+        if np.any(c[k:]):  # a level with fewer components than the last one
+            c[k:] = 0.0
+            x = model.instance(c)
         for _ in range(config.iterations_per_level):
-            x = model.instance(c[:k])
             xs = pose.apply(x)
             ns = instance_normals(model, x) @ pose.rotation.T
             mm_per_unit = 1.0 / pose.scale
@@ -159,10 +170,14 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 scale_w = len(corr) / len(corr.vertex[sel])  # keep the data / prior balance
                 if allowed is not candidates:  # subsampled vertices stand for all of them
                     scale_w *= model.n_vertices / float(config.vertex_samples)
-                c[:k] = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
+                c_new = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
                                            noise_var, config.point_to_plane, lm_terms, phi_all)
+                # over-relaxed step: closest-point iterations creep along the surface at a
+                # linear rate; stepping past the solve roughly halves the iterations needed
+                c[:k] += config.overrelaxation * (c_new - c[:k])
             c[k:] = 0.0
-            pose = _update_pose(model.instance(c[:k]), corr, lm_sel, pose, fixed_scale, config.point_to_plane)
+            x = model.instance(c)
+            pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane)
             history.append(med)
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     converged = corr is not None and len(corr) >= 10

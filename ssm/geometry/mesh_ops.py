@@ -13,8 +13,9 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     if len(faces):
         f = np.asarray(faces)
         fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-        for k in range(3):
-            np.add.at(out, f[:, k], fn)
+        idx = f.T.reshape(-1).astype(np.intp, copy=False)  # each face normal goes to its three corners
+        for c in range(3):
+            out[:, c] = np.bincount(idx, np.tile(fn[:, c], 3), minlength=len(v))
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norm, out=np.zeros_like(out), where=norm > 0)
 
