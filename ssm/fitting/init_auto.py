@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from ssm.fitting.config import FitConfig
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport
-from ssm.geometry.similarity import Similarity, _rodrigues, similarity_step
+from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_step
 from ssm.io.units import HEAD_DIAGONAL_MM
 from ssm.models.shape_model import ShapeModel
 
@@ -95,7 +95,7 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
     s_full = rms(p) / rms(m)
     scales = [fixed_scale] if fixed_scale is not None else [s_full, s_full * 1.5]
     coarse = p if len(p) <= 400 else p[rng.choice(len(p), 400, replace=False)]
-    tilts = [np.eye(3)] + [_rodrigues(np.deg2rad(25.0) * sgn * np.eye(3)[ax]) for ax in range(3) for sgn in (1, -1)]
+    tilts = [np.eye(3)] + [axis_angle_rotation(np.deg2rad(25.0) * sgn * np.eye(3)[ax]) for ax in range(3) for sgn in (1, -1)]
     hyps = []
     for s in scales:
         for d in _rotations():

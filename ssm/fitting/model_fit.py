@@ -22,7 +22,7 @@ from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.geometry.mesh_ops import vertex_normals
-from ssm.geometry.similarity import Similarity, similarity_step
+from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_step
 from ssm.models.shape_model import ShapeModel
 
 
@@ -55,7 +55,8 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,
                        normal_m: np.ndarray, weight: np.ndarray, noise_var: float, point_to_plane: float,
                        lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                       phi_all: np.ndarray | None = None, pp_samples: int | None = 1000) -> np.ndarray:
+                       phi_all: np.ndarray | None = None, pp_samples: int | None = 1000,
+                       pose_rows: tuple[np.ndarray, bool] | None = None) -> np.ndarray:
     """MAP standardised coefficients (k,) for targets in the model frame.
 
     Minimises ``sum_i w_i r_i^T M_i r_i + noise_var ||c||^2 + landmark terms`` with
@@ -64,6 +65,10 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     lm : (vertex (L,), target (L, 3) model frame, weight (L,)) landmark terms.
     phi_all : :func:`scaled_basis` of the model, to skip recomputing it.
     pp_samples : about how many surface rows enter the point-to-point part (None: all).
+    pose_rows : (x - centre (N, 3), with_scale): also solve, in the same linear system,
+        for a small similarity of the current instance ``x`` about ``centre`` (no prior);
+        its step (w (3,), t (3,)[, s]) is appended to the returned coefficients.
+    Returns (k,) coefficients, or (k + 6 or 7,) with ``pose_rows``.
     """
     if phi_all is None:
         phi_all = scaled_basis(model)
@@ -77,6 +82,12 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
         wts = np.concatenate([wts, lm[2]])
         nrm = np.concatenate([nrm, np.zeros((len(lm[0]), 3))])  # landmarks: full 3D residual
     phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
+    k_c, n_pose = k, 0
+    if pose_rows is not None:  # joint Gauss-Newton step of a small model-frame similarity
+        jac = _similarity_jacobian(pose_rows[0][verts], pose_rows[1])
+        n_pose = jac.shape[2]
+        phi = np.concatenate([phi, jac.astype(np.float32)], axis=2)
+        k = k_c + n_pose
     r = tgts - model.mean[verts]  # (C, 3)
     has_n = (np.linalg.norm(nrm, axis=1) > 0).astype(np.float64)
     a = point_to_plane * has_n  # (C,)
@@ -98,8 +109,31 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     wn = nphi * w_pl.astype(np.float32)[:, None]
     A += (wn.T @ nphi).astype(np.float64)
     b += wn.T.astype(np.float64) @ nr
-    A[np.diag_indices(k)] += noise_var
+    A[np.arange(k_c), np.arange(k_c)] += noise_var
+    if n_pose:  # no prior on the pose; a whisker of damping keeps the system regular
+        A[np.arange(k_c, k), np.arange(k_c, k)] += 1e-9 * float(np.trace(A)) / k
     return np.linalg.solve(A, b)
+
+
+def _small_similarity(dp: np.ndarray, centre: np.ndarray) -> Similarity:
+    """The model-frame similarity of a Gauss-Newton step ``(w, t[, s])`` about ``centre``."""
+    scale = 1.0 + (float(dp[6]) if len(dp) > 6 else 0.0)
+    rot = axis_angle_rotation(dp[:3])
+    return Similarity(scale, rot, centre + dp[3:6] - scale * rot @ centre)
+
+
+def _similarity_jacobian(xc: np.ndarray, with_scale: bool) -> np.ndarray:
+    """(C, 3, 6 or 7) derivative of ``x + w x xc + t + s xc`` in (w, t[, s]); xc centred."""
+    c = len(xc)
+    j = np.zeros((c, 3, 7 if with_scale else 6))
+    x, y, z = xc[:, 0], xc[:, 1], xc[:, 2]
+    j[:, 1, 0], j[:, 2, 0] = -z, y
+    j[:, 0, 1], j[:, 2, 1] = z, -x
+    j[:, 0, 2], j[:, 1, 2] = -y, x
+    j[:, 0, 3] = j[:, 1, 4] = j[:, 2, 5] = 1.0
+    if with_scale:
+        j[:, :, 6] = xc
+    return j
 
 
 def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig,
@@ -170,8 +204,14 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 scale_w = len(corr) / len(corr.vertex[sel])  # keep the data / prior balance
                 if allowed is not candidates:  # subsampled vertices stand for all of them
                     scale_w *= model.n_vertices / float(config.vertex_samples)
-                c_new = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
-                                           noise_var, config.point_to_plane, lm_terms, phi_all)
+                # shape and pose in one Gauss-Newton solve: alternating them crawls along
+                # the valley where a larger scale trades against a smaller face
+                centre = x.mean(0)
+                sol = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
+                                         noise_var, config.point_to_plane, lm_terms, phi_all,
+                                         pose_rows=(x - centre, fixed_scale is None))
+                c_new = sol[:k]
+                pose = pose.compose(_small_similarity(sol[k:], centre))
                 # over-relaxed step: closest-point iterations creep along the surface at a
                 # linear rate; stepping past the solve roughly halves the iterations needed
                 c[:k] += config.overrelaxation * (c_new - c[:k])

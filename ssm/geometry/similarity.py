@@ -160,7 +160,8 @@ def similarity_tangent_basis(shape: np.ndarray, scale: bool = True) -> np.ndarra
     return q
 
 
-def _rodrigues(w: np.ndarray) -> np.ndarray:
+def axis_angle_rotation(w: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation by angle ``|w|`` (radians) about the axis ``w`` (Rodrigues' formula)."""
     th = float(np.linalg.norm(w))
     if th < 1e-12:
         return np.eye(3)
@@ -203,6 +204,6 @@ def similarity_step(p: np.ndarray, y: np.ndarray, n: np.ndarray | None, w_plane:
     w = np.concatenate(wts)
     ata = (a * w[:, None]).T @ a + 1e-9 * np.eye(npar)
     x = np.linalg.solve(ata, (a * w[:, None]).T @ b)
-    r = _rodrigues(x[:3])
+    r = axis_angle_rotation(x[:3])
     s = 1.0 + (x[6] if scale else 0.0)
     return Similarity(float(s), r, c + x[3:6] - s * r @ c)
