@@ -75,6 +75,18 @@ def test_coefficient_solve_recovers_known_coefficients(synth_model):
         np.testing.assert_allclose(c, c_true, atol=1e-4)
 
 
+def test_nicp_plane_targets_move_only_along_the_normal():
+    """Point-to-plane targets are the feet on the tangent plane: no tangential pull."""
+    from ssm.fitting.nicp import plane_targets
+
+    x = np.array([[0.0, 0.0, 1.0], [2.0, 3.0, -1.0], [0.0, 0.0, 0.0]])
+    y = np.array([[5.0, -4.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    n = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # last: normal unknown
+    np.testing.assert_allclose(plane_targets(x, y, n, 1.0), [[0, 0, 0], [2, 3, 0], [1, 1, 1]])
+    np.testing.assert_allclose(plane_targets(x, y, n, 0.0), y)
+    np.testing.assert_allclose(plane_targets(x, y, n, 0.5)[0], [2.5, -2.0, 0.0])
+
+
 def test_landmark_ransac_ignores_a_wrong_landmark():
     rng = np.random.default_rng(1)
     model_pts = rng.normal(size=(10, 3)) * 40

@@ -20,10 +20,11 @@ class FitConfig:
       normal_cos : minimum cosine between model and scan normals.
       scan_samples : scan points used for scan->model matches each iteration.
     Model fit
-      component_schedule : numbers of components per level (clipped to K).
-      prior_schedule : multiplier of the prior's weight at each level, stiff to soft:
-        all components from the start, the prior relaxed level by level (annealing);
-        this escapes the sliding local minima of a few-components-first schedule.
+      component_schedule : numbers of components per level (clipped to K); the stiff
+        early levels need only the large components, which makes their solves cheap.
+      prior_schedule : multiplier of the prior's weight at each level, stiff to soft
+        (annealing); relaxing the prior, rather than only adding components, escapes the
+        sliding local minima of a plain few-components-first schedule.
       iterations_per_level : iterations at each schedule level.
       solve_samples : correspondences used per coefficient solve (a fresh random subset
         each iteration; the cost of a solve grows with samples x K^2).
@@ -36,7 +37,8 @@ class FitConfig:
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
         mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
-        the model fit; nicp = False skips the stage.
+        the model fit; nicp_point_to_plane: 1 pulls only along the scan normal (no
+        sliding along the surface), 0 to the closest point; nicp = False skips the stage.
     Uncertainty
       uncertainty_correlation : correspondences per independent observation in the
         posterior (neighbouring scan points share their errors); calibrated on held-out
@@ -54,7 +56,7 @@ class FitConfig:
     min_distance_mm: float = 2.0
     normal_cos: float = 0.3
     scan_samples: int = 8000
-    component_schedule: tuple[int, ...] = (100000, 100000, 100000, 100000, 100000)
+    component_schedule: tuple[int, ...] = (40, 80, 160, 100000, 100000)
     prior_schedule: tuple[float, ...] | None = (256.0, 64.0, 16.0, 4.0, 1.0)
     iterations_per_level: int = 8
     solve_samples: int = 4000
@@ -63,8 +65,9 @@ class FitConfig:
     overrelaxation: float = 1.6
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
-    nicp_iterations: int = 2
+    nicp_iterations: int = 1
     nicp_model_weight: float = 0.02
+    nicp_point_to_plane: float = 1.0
     pose_iterations: int = 3
     uncertainty_correlation: float = 150.0
     smooth_iterations: int = 3
@@ -79,7 +82,7 @@ class FitConfig:
         if name == "fast":
             return cls(component_schedule=(150, 150, 150, 150), prior_schedule=(256.0, 32.0, 4.0, 1.0),
                        iterations_per_level=6, solve_samples=3000, scan_samples=5000,
-                       nicp_stiffness=(10.0, 3.0, 1.0), nicp_iterations=1)
+                       nicp_stiffness=(10.0, 3.0, 1.0))
         from ssm.errors import SSMError
 
         raise SSMError(f"unknown preset {name!r} (use accurate or fast)")

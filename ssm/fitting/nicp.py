@@ -9,6 +9,9 @@ same border, distance and normal rejection as the model fit::
 
 ``L`` is the mesh graph Laplacian (membrane stiffness), ``beta`` pulls towards the model
 fit where the scan says nothing, and landmarks join as heavy terms at the stiff levels.
+The targets ``y_i`` are the feet of the current vertices on the scan's tangent planes
+(point-to-plane, :func:`plane_targets`): a free-form fit would otherwise slide along
+the surface, which the surface distance does not see but the correspondence does.
 The N x N system is sparse, symmetric positive definite and shared by x, y and z: one
 sparse LU factorisation per iteration (SuperLU), no dense solve. This displacement form
 is the affine-per-vertex NICP with the affine part dropped: rotations of parts are left
@@ -65,7 +68,9 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             w = np.zeros(n)
             rhs = np.zeros((n, 3))
             w[corr.vertex] = corr.weight
-            rhs[corr.vertex] = corr.weight[:, None] * (inv.apply(corr.target) - x0[corr.vertex])
+            y = plane_targets(x[corr.vertex], inv.apply(corr.target), corr.normal @ pose.rotation,
+                              config.nicp_point_to_plane)
+            rhs[corr.vertex] = corr.weight[:, None] * (y - x0[corr.vertex])
             if lm_v is not None and li < len(levels) // 2:
                 lw = landmark_boost(len(corr))
                 np.add.at(w, lm_v, lw)
@@ -81,3 +86,21 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
                       extra={"stiffness": list(levels),
                              "displacement_rms_mm": float(np.sqrt((d ** 2).sum(1).mean()))})
     return x, rep
+
+
+def plane_targets(x: np.ndarray, y: np.ndarray, n: np.ndarray, point_to_plane: float) -> np.ndarray:
+    """(C, 3) targets that pull vertices ``x`` towards the tangent planes at ``y``.
+
+    x, y : (C, 3) vertices and their scan targets; n : (C, 3) unit scan normals (zero
+    where unknown: the target stays ``y``). With ``point_to_plane`` = 1 the target is
+    the foot of ``x`` on the plane through ``y``, so the data term moves a vertex only
+    along the normal and the tangential position is left to the stiffness and the model
+    fit: closest points slide along the surface, which is what spoils correspondence.
+    Between 0 and 1 the tangential pull is kept in proportion.
+    """
+    if not point_to_plane:
+        return y
+    r = y - x
+    rn = (r * n).sum(1, keepdims=True) * n
+    known = (np.abs(n).sum(1) > 0)[:, None]
+    return np.where(known, x + rn + (1.0 - point_to_plane) * (r - rn), y)

@@ -90,12 +90,15 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
     else:
         n, oriented = _estimate_normals(p, normals)
         boundary = np.zeros(len(p), bool)
+    tree = cKDTree(p)
     if clean:
-        stray = _stray_points(p)
+        stray = _stray_points(p, tree)
         n = n.copy()
         n[stray] = 0.0
         boundary = boundary | stray
-    return Scan(p, f, n, oriented, boundary, str(path))
+    scan = Scan(p, f, n, oriented, boundary, str(path))
+    object.__setattr__(scan, "_tree", tree)  # built once, shared with the stray-point test
+    return scan
 
 
 def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.ndarray, bool]:
@@ -114,10 +117,9 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
     return n, False
 
 
-def _stray_points(p: np.ndarray, k: int = 8, z: float = 4.0) -> np.ndarray:
-    """Points whose mean distance to their k neighbours is far above typical."""
-    tree = cKDTree(p)
-    d, _ = tree.query(p, k=min(k + 1, len(p)))
+def _stray_points(p: np.ndarray, tree: cKDTree, k: int = 8, z: float = 4.0) -> np.ndarray:
+    """Points whose mean distance to their k neighbours (``tree`` holds ``p``) is far above typical."""
+    d, _ = tree.query(p, k=min(k + 1, len(p)), workers=-1)
     md = d[:, 1:].mean(axis=1)
     med = np.median(md)
     mad = np.median(np.abs(md - med)) + 1e-12
