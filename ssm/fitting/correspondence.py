@@ -66,6 +66,8 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     hit = idx_allowed[ok_a]
     tgt_sum[hit] = scan.points[j_a[ok_a]]
     nrm_sum[hit] = scan.normals[j_a[ok_a]]
+    if not scan.oriented:  # unoriented (point-cloud) normals: turn them to agree with the model
+        nrm_sum[hit] *= np.sign(cos[ok_a])[:, None]
     cnt[hit] = 1.0
     # scan -> model
     pick = scan.matchable
@@ -79,6 +81,8 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
         c2 = (vnormals[vi] * scan.normals[pick]).sum(1)
         ok2 &= (c2 if scan.oriented else np.abs(c2)) >= normal_cos
         vi, pts, pn = vi[ok2], scan.points[pick[ok2]], scan.normals[pick[ok2]]
+        if not scan.oriented:  # or the per-vertex averages of opposite normals cancel
+            pn = pn * np.sign(c2[ok2])[:, None]
         for c in range(3):
             tgt_sum[:, c] += np.bincount(vi, pts[:, c], minlength=n)
             nrm_sum[:, c] += np.bincount(vi, pn[:, c], minlength=n)

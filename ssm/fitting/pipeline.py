@@ -18,7 +18,7 @@ from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
-from ssm.fitting.scan import Scan, load_scan, scan_from_arrays
+from ssm.fitting.scan import Scan, load_scan, orient_normals, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.fitting.correspondence import find_correspondences
 from ssm.fitting.uncertainty import fit_stddev
@@ -122,6 +122,11 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
             log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
         sim, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm)
         stages.append(rep)
+
+    # point clouds: give the normals a side from the initialised model (see orient_normals)
+    unoriented = sc
+    if not sc.oriented:
+        sc = orient_normals(unoriented, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T)
 
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()

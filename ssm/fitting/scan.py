@@ -20,8 +20,8 @@ class Scan:
     points : (P, 3) float64; faces : (F, 3) int64 (empty for point clouds).
     normals : (P, 3) unit normals (zero where unknown, e.g. isolated vertices).
     oriented : normals point outwards consistently (meshes) or not (point clouds).
-    boundary : (P,) bool, on a mesh border or hole (a model vertex matched there is
-        probably beyond what the scanner saw).
+    boundary : (P,) bool, on a border or hole of the surface (a model vertex matched
+        there is probably beyond what the scanner saw); estimated for point clouds.
     path : file it came from, for messages.
     """
 
@@ -80,6 +80,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
     if len(f):
         area = np.linalg.norm(np.cross(p[f[:, 1]] - p[f[:, 0]], p[f[:, 2]] - p[f[:, 0]]), axis=1)
         f = f[area > 0]
+    tree = cKDTree(p)
     if len(f):
         n = vertex_normals(p, f)
         oriented = True
@@ -89,8 +90,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         boundary |= ~in_face  # isolated vertices: no surface around them
     else:
         n, oriented = _estimate_normals(p, normals)
-        boundary = np.zeros(len(p), bool)
-    tree = cKDTree(p)
+        boundary = _cloud_boundary(p, n, tree)
     if clean:
         stray = _stray_points(p, tree)
         n = n.copy()
@@ -99,6 +99,25 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
     scan = Scan(p, f, n, oriented, boundary, str(path))
     object.__setattr__(scan, "_tree", tree)  # built once, shared with the stray-point test
     return scan
+
+
+def orient_normals(scan: Scan, ref_points: np.ndarray, ref_normals: np.ndarray, k: int = 4) -> Scan:
+    """The scan with its normals turned to agree with a reference surface; ``oriented``.
+
+    Point-cloud normals come without a consistent side, and matching with ``|cos|``
+    then pairs model vertices with surfaces seen from behind (lips, nostrils, the inside
+    of the ears). Once a fit is roughly in place, each scan normal takes the side of the
+    ``k`` nearest reference normals. ref_points, ref_normals : (N, 3), scan frame.
+    """
+    if scan.oriented:
+        return scan
+    _, j = cKDTree(ref_points).query(scan.points, k=min(k, len(ref_points)), workers=-1)
+    j = j.reshape(len(scan.points), -1)
+    agree = np.einsum("pd,pkd->p", scan.normals, ref_normals[j])
+    out = Scan(scan.points, scan.faces, scan.normals * np.where(agree < 0, -1.0, 1.0)[:, None], True,
+               scan.boundary, scan.path)
+    object.__setattr__(out, "_tree", scan.tree)  # same points, same tree
+    return out
 
 
 def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.ndarray, bool]:
@@ -115,6 +134,21 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
     flip = ((p - p.mean(0)) * n).sum(1) < 0
     n[flip] *= -1
     return n, False
+
+
+def _cloud_boundary(p: np.ndarray, n: np.ndarray, tree: cKDTree, k: int = 16, ratio: float = 0.3) -> np.ndarray:
+    """(P,) bool: points on the border of a point cloud's surface or of its holes.
+
+    Inside a surface the k neighbours surround a point and their centroid, projected on
+    the tangent plane, stays near it; on a border it shifts inwards by a good fraction of
+    the neighbourhood radius (over ``ratio`` of the mean neighbour distance).
+    """
+    if len(p) <= k:
+        return np.zeros(len(p), bool)
+    d, j = tree.query(p, k=k, workers=-1)
+    off = p[j[:, 1:]].mean(axis=1) - p
+    off -= (off * n).sum(1, keepdims=True) * n
+    return np.linalg.norm(off, axis=1) > ratio * (d[:, 1:].mean(axis=1) + 1e-12)
 
 
 def _stray_points(p: np.ndarray, tree: cKDTree, k: int = 8, z: float = 4.0) -> np.ndarray:
