@@ -87,6 +87,23 @@ def test_nicp_plane_targets_move_only_along_the_normal():
     np.testing.assert_allclose(plane_targets(x, y, n, 0.5)[0], [2.5, -2.0, 0.0])
 
 
+def test_fit_without_landmarks_ignores_a_wall_behind_the_head(synth_model, generator):
+    """Clutter as big as the head (a wall behind it) must not capture the automatic
+    initialisation: the head is found as a separate cluster."""
+    from scipy.spatial import Delaunay
+
+    truth, raw = _case(generator, seed=6, views="frontal")
+    c = truth.mean(0)
+    g = np.stack(np.meshgrid(np.linspace(-250, 250, 120), np.linspace(-250, 250, 120)), -1).reshape(-1, 2)
+    wall = raw.to_scan.apply(np.column_stack([g + c[:2], np.full(len(g), c[2] - 180.0)]))
+    verts = np.concatenate([raw.vertices, wall])
+    faces = np.concatenate([raw.faces, Delaunay(g).simplices + len(raw.vertices)])
+    res = fit(synth_model, (verts, faces))
+    err = np.linalg.norm(raw.to_scan.inverse().apply(res.vertices) - truth, axis=1)
+    assert err[generator.regions["face"]].mean() < 3.0, err[generator.regions["face"]].mean()
+    assert res.units == "cm"
+
+
 def test_point_cloud_borders_and_normal_sides():
     """A point cloud's border is found from its neighbourhoods, and its unoriented
     normals take the side of a reference surface."""

@@ -4,7 +4,9 @@ A global search: the scan's and the model mean's principal axes give 24 candidat
 rotations (every axis permutation and sign with det +1), each tried at a few scales
 (the scan may show the whole head or only a face), and each hypothesis is refined by a
 short trimmed similarity ICP from the scan to the model mean. Hypotheses are scored by
-the trimmed mean residual in mm; the best few get more iterations.
+the trimmed residual; the best few get more iterations. When the scan holds
+well-separated clusters (a head and a wall behind it), each sizeable cluster is searched
+too, and the candidates compete on their residual in mm.
 """
 
 from __future__ import annotations
@@ -69,33 +71,87 @@ def _icp(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: 
 
 def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
                     fixed_scale: float | None = None) -> tuple[Similarity, StageReport]:
-    """Model -> scan similarity without landmarks (see module doc)."""
+    """Model -> scan similarity without landmarks (see module doc).
+
+    Scans often hold more than the head (a wall behind it, a second object): when the
+    sampled points fall into several well-separated clusters, each sizeable cluster is
+    searched on its own as well as the whole scan, and the hypothesis with the smallest
+    trimmed residual in mm (at a plausible head size) wins.
+    """
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     good = np.flatnonzero(~scan.boundary)
     if len(good) < 10:
         good = np.arange(len(scan.points))
     pick = good if len(good) <= config.auto_points else rng.choice(good, config.auto_points, replace=False)
-    p = scan.points[pick]
     m = model.mean.astype(np.float64)
     from ssm.fitting.model_fit import instance_normals
 
     mnorm = instance_normals(model, m)
     sub = np.arange(len(m)) if len(m) <= 6000 else rng.choice(len(m), 6000, replace=False)
-    msub, nsub = m[sub], mnorm[sub]
-    tree = cKDTree(msub)
+    target = (m, mnorm, m[sub], mnorm[sub], cKDTree(m[sub]))
+    best, n_hyps = None, 0
+    regions = [pick] + [pick[c] for c in _clusters(scan.points[pick])]
+    for i, region in enumerate(regions):  # the clusters get a coarser search (no tilts)
+        key, score, sim, n = _search(scan.points[region], scan.normals[region], target, config, rng, fixed_scale,
+                                     tilted=i == 0)
+        n_hyps += n
+        key_mm = key / sim.scale
+        if best is None or key_mm < best[0]:
+            best = (key_mm, score, sim)
+    _, score, sim = best
+    rep = StageReport("auto_init", time.perf_counter() - t0, score / sim.scale, score / sim.scale, len(pick),
+                      extra={"hypotheses": n_hyps, "regions": len(regions), "scale": sim.scale})
+    return sim, rep
+
+
+def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) -> list[np.ndarray]:
+    """Index arrays of the sizeable well-separated clusters of the sample ``p`` (P, 3).
+
+    Empty when one cluster holds (nearly) everything: the usual scan of just a head.
+    Points link when closer than 4x the sample's median nearest-neighbour distance.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(p) < 20:
+        return []
+    tree = cKDTree(p)
+    d, _ = tree.query(p, k=2)
+    pairs = tree.query_pairs(4.0 * float(np.median(d[:, 1])), output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(p), len(p)))
+    _, labels = connected_components(graph, directed=False)
+    counts = np.bincount(labels)
+    if counts.max() >= 0.9 * len(p):
+        return []
+    order = np.argsort(counts)[::-1][:max_clusters]
+    return [np.flatnonzero(labels == c) for c in order if counts[c] >= min_fraction * len(p)]
+
+
+def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: np.random.Generator,
+            fixed_scale: float | None, tilted: bool = True) -> tuple[float, float, Similarity, int]:
+    """Best hypothesis for scan points ``p`` (P, 3) with their ``normals``.
+
+    tilted : also try each axis hypothesis tilted by 25 degrees about each axis (7x the
+        hypotheses; principal axes of a partial scan are only roughly the model's).
+
+    Returns (key, score, similarity, hypotheses tried): score is the trimmed residual in
+    scan units, key the same with a penalty for an implausible head size.
+    """
+    m, mnorm, msub, nsub, tree = target
     es, em = _axes(p), _axes(m)
     # A partial scan's centroid lies on the surface side it was seen from: its mean
     # normal says which side; the matching model centroid is that of the vertices
     # facing the same way (for a full-head scan the mean normal is ~0: all vertices).
-    sn = scan.normals[pick].sum(0)
-    view = sn / len(pick)
+    view = normals.sum(0) / len(p)
     partial = np.linalg.norm(view) > 0.25
     rms = lambda a: float(np.sqrt(((a - a.mean(0)) ** 2).sum(1).mean()))  # noqa: E731
     s_full = rms(p) / rms(m)
     scales = [fixed_scale] if fixed_scale is not None else [s_full, s_full * 1.5]
     coarse = p if len(p) <= 400 else p[rng.choice(len(p), 400, replace=False)]
-    tilts = [np.eye(3)] + [axis_angle_rotation(np.deg2rad(25.0) * sgn * np.eye(3)[ax]) for ax in range(3) for sgn in (1, -1)]
+    tilts = [np.eye(3)]
+    if tilted:
+        tilts += [axis_angle_rotation(np.deg2rad(25.0) * sgn * np.eye(3)[ax]) for ax in range(3) for sgn in (1, -1)]
     hyps = []
     for s in scales:
         for d in _rotations():
@@ -110,15 +166,13 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
                 sim, score = _icp(coarse, tree, msub, nsub, Similarity(s, r, t), 3, 0.7, fixed_scale)
                 hyps.append((score, sim))
     hyps.sort(key=lambda h: h[0])
+    diagonal = float(np.linalg.norm(np.ptp(p, axis=0)))
     best = None
     for score, sim in hyps[:10]:
         sim, score = _icp(p, tree, msub, nsub, sim, config.auto_icp_iterations, 0.7, fixed_scale)
-        size_mm = scan.diagonal / sim.scale
+        size_mm = diagonal / sim.scale
         plausible = HEAD_DIAGONAL_MM[0] <= size_mm <= HEAD_DIAGONAL_MM[1]
         key = score * (1.0 if plausible else 10.0)
         if best is None or key < best[0]:
             best = (key, score, sim)
-    _, score, sim = best
-    rep = StageReport("auto_init", time.perf_counter() - t0, score / sim.scale, score / sim.scale, len(p),
-                      extra={"hypotheses": len(hyps), "scale": sim.scale})
-    return sim, rep
+    return (*best, len(hyps))
