@@ -146,15 +146,19 @@ def test_landmark_names_and_aliases_match():
         match_landmarks(model_lms, LandmarkPoints(np.zeros((1, 3)), ("elbow",)))
 
 
-@pytest.mark.parametrize("with_landmarks,cloud", [(True, False), (False, False), (True, True)])
-def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with_landmarks, cloud):
+@pytest.mark.parametrize("with_landmarks,scan_kind", [(True, "mesh"), (False, "mesh"), (True, "cloud"),
+                                                      (False, "inverted mesh")])
+def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with_landmarks, scan_kind):
+    """Other units and pose; a point cloud; a mesh written with inverted winding."""
     truth, raw = _case(generator, seed=5)
+    cloud = scan_kind == "cloud"
     lm = None
     if with_landmarks:
         names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
         pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]])
         lm = LandmarkPoints(pts, tuple(names))
-    res = fit(synth_model, raw.vertices if cloud else (raw.vertices, raw.faces), landmarks=lm)
+    faces = raw.faces[:, ::-1] if scan_kind == "inverted mesh" else raw.faces
+    res = fit(synth_model, raw.vertices if cloud else (raw.vertices, faces), landmarks=lm)
     est = raw.to_scan.inverse().apply(res.vertices)
     err = np.linalg.norm(est - truth, axis=1)
     face = generator.regions["face"]

@@ -123,10 +123,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         sim, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm)
         stages.append(rep)
 
-    # point clouds: give the normals a side from the initialised model (see orient_normals)
-    unoriented = sc
-    if not sc.oriented:
-        sc = orient_normals(unoriented, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T)
+    # normals take their side from the initialised model (point clouds; inverted meshes)
+    sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T)
 
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()
