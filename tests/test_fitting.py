@@ -117,7 +117,7 @@ def test_point_cloud_borders_and_normal_sides():
     r = np.linalg.norm(g, axis=1)
     assert not sc.oriented
     assert sc.boundary[r > 19.5].mean() > 0.8 and sc.boundary[r < 17.0].mean() < 0.02
-    up = orient_normals(sc, pts[::7], np.tile([0.0, 0.0, 1.0], (len(pts[::7]), 1)))
+    up = orient_normals(sc, pts[::7], np.tile([0.0, 0.0, 1.0], (len(pts[::7]), 1)), near=5.0)
     assert up.oriented and (up.normals[:, 2] > 0.99).all()
     assert up.tree is sc.tree
 

@@ -124,7 +124,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         stages.append(rep)
 
     # normals take their side from the initialised model (point clouds; inverted meshes)
-    sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T)
+    sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T,
+                        near=10.0 * sim.scale)
 
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()
