@@ -83,8 +83,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         f = f[area > 0]
     tree = cKDTree(p)
     if len(f):
-        f = _outward_faces(p, f)
-        n = vertex_normals(p, f)
+        f, n = _outward_faces(p, f)
         oriented = True
         boundary = boundary_vertices(f, len(p))
         in_face = np.zeros(len(p), bool)
@@ -149,8 +148,9 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
     return n, False
 
 
-def _outward_faces(p: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """``f`` with each connected piece's winding reversed where it faces inwards.
+def _outward_faces(p: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``f`` with each connected piece's winding reversed where it faces inwards, and
+    the (P, 3) unit vertex normals of the result.
 
     Some exporters write inverted winding. A head scan's surface, whole or seen from
     one side, bulges away from its centroid: outward normals vote +0.4 to +0.8 on the
@@ -172,7 +172,7 @@ def _outward_faces(p: np.ndarray, f: np.ndarray) -> np.ndarray:
     flip = inward[label[f[:, 0]]]
     out = f.copy()
     out[flip] = f[flip][:, ::-1]
-    return out
+    return out, n * np.where(inward[label], -1.0, 1.0)[:, None]
 
 
 def _cloud_boundary(p: np.ndarray, n: np.ndarray, tree: cKDTree, k: int = 16, ratio: float = 0.3) -> np.ndarray:
