@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fitting import ROOT, SHARED, train_model  # noqa: E402
+from bench_fitting import ROOT, load_ict_or_skip, train_model  # noqa: E402
 
 # name -> (make_raw_scan keywords, landmarks "68" | "none", scan edit)
 VARIANTS = {
@@ -74,14 +74,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fitting_robustness.json")
     args = ap.parse_args()
-    ict_path = SHARED / "ict_head" / "ict_head.npz"
-    if not ict_path.exists():
-        print(f"skipped: the ICT head model is not at {ict_path} (set SSM_SHARED_DATA)")
+    ict = load_ict_or_skip()
+    if ict is None:
         return
-    from ssm.demo.ict_cases import load_ict
     from ssm.fitting.pipeline import fit
 
-    ict = load_ict(ict_path)
     with tempfile.TemporaryDirectory() as tmp:
         model = train_model(ict, Path(tmp))
     rows = []

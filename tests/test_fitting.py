@@ -75,6 +75,26 @@ def test_coefficient_solve_recovers_known_coefficients(synth_model):
         np.testing.assert_allclose(c, c_true, atol=1e-4)
 
 
+def test_joint_pose_and_shape_step_recovers_both(synth_model):
+    """Targets = a known instance moved by a small known similarity: the joint solve
+    returns the coefficients and the similarity step (up to second-order terms)."""
+    from ssm.fitting.model_fit import _small_similarity, solve_coefficients
+    from ssm.geometry.mesh_ops import vertex_normals
+
+    model = synth_model
+    k = min(10, model.n_components)
+    c_true = np.random.default_rng(4).standard_normal(k)
+    x = model.instance(c_true)
+    centre = x.mean(0)
+    dp_true = np.array([0.004, -0.003, 0.002, 0.3, -0.2, 0.1, 0.005])  # rad, mm, relative scale
+    y = _small_similarity(dp_true, centre).apply(x)
+    v = np.arange(model.n_vertices)
+    sol = solve_coefficients(model, k, v, y, vertex_normals(y, model.triangles), np.ones(len(v)), 1e-8, 0.7,
+                             pp_samples=None, pose_rows=(x - centre, True))
+    np.testing.assert_allclose(sol[:k], c_true, atol=0.02)
+    np.testing.assert_allclose(sol[k:], dp_true, atol=3e-4)
+
+
 def test_nicp_plane_targets_move_only_along_the_normal():
     """Point-to-plane targets are the feet on the tangent plane: no tangential pull."""
     from ssm.fitting.nicp import plane_targets

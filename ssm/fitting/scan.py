@@ -155,8 +155,9 @@ def _outward_faces(p: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Some exporters write inverted winding. A head scan's surface, whole or seen from
     one side, bulges away from its centroid: outward normals vote +0.4 to +0.8 on the
     ICT cases and the real scans here, so a piece (of at least 5 % of the points: small
-    concave bits such as an ear canal vote inwards) voting below -0.1 is turned over;
-    flat clutter such as a wall votes near 0 and is left alone.
+    concave bits such as an ear canal vote inwards) voting below -0.1 is turned over.
+    Small pieces, and flat ones such as a wall (they vote near 0), follow the majority
+    of the pieces that decided.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -168,7 +169,12 @@ def _outward_faces(p: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray
     count = np.bincount(label)
     centre = np.stack([np.bincount(label, p[:, c]) for c in range(3)], axis=1) / count[:, None]
     vote = np.sign(((p - centre[label]) * n).sum(1))
-    inward = (np.bincount(label, vote) / count < -0.1) & (count >= max(10, 0.05 * len(p)))
+    piece_vote = np.bincount(label, vote) / count
+    decided = (np.abs(piece_vote) >= 0.1) & (count >= max(10, 0.05 * len(p)))
+    inward = decided & (piece_vote < 0)
+    # small or flat pieces follow the file's majority: winding is the exporter's doing
+    if count[inward].sum() > count[decided & ~inward].sum():
+        inward |= ~decided
     flip = inward[label[f[:, 0]]]
     out = f.copy()
     out[flip] = f[flip][:, ::-1]
