@@ -103,8 +103,8 @@ def real_scan_rows(model, narrow_face: int) -> list[dict]:
     """Fits of the real scans in ../shared/data/scans: no ground truth, so the fit's
     distance to the scan on the narrow face, the share of the scan it explains, and
     the landmark errors (another annotator's definitions: indicative only)."""
-    from ssm.fitting.pipeline import fit, scan_explained
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.pipeline import fit
+    from ssm.fitting.scan import load_scan, scan_explained
 
     rows = []
     for scan_name, lm_name in REAL_SCANS:

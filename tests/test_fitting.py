@@ -95,6 +95,29 @@ def test_joint_pose_and_shape_step_recovers_both(synth_model):
     np.testing.assert_allclose(sol[k:], dp_true, atol=3e-4)
 
 
+def test_batched_hypothesis_icp_matches_one_at_a_time():
+    """The automatic search refines hundreds of hypotheses in one batch: same numbers
+    as the one-hypothesis ICP."""
+    from scipy.spatial import cKDTree
+
+    from ssm.fitting.init_auto import _icp, _icp_batch
+    from ssm.geometry.similarity import axis_angle_rotation
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(2000, 3)) * [60, 80, 50]
+    mn = rng.normal(size=(2000, 3))
+    mn /= np.linalg.norm(mn, axis=1, keepdims=True)
+    scan = 0.1 * (m[:400] @ axis_angle_rotation(np.array([0.1, 0.2, 0.0])).T) + 5
+    starts = [(0.1 * (1 + 0.1 * rng.normal()), axis_angle_rotation(0.3 * rng.normal(size=3)), 5 + rng.normal(size=3))
+              for _ in range(6)]
+    for fixed in (None, 0.1):
+        s, r, t, score = _icp_batch(scan, cKDTree(m), m, mn, starts, 3, 0.7, fixed)
+        for h, (s0, r0, t0) in enumerate(starts):
+            one, one_score = _icp(scan, cKDTree(m), m, mn, Similarity(s0, r0, t0), 3, 0.7, fixed)
+            np.testing.assert_allclose(one.matrix(), Similarity(s[h], r[h], t[h]).matrix(), atol=1e-10)
+            assert abs(one_score - score[h]) < 1e-10
+
+
 def test_nicp_plane_targets_move_only_along_the_normal():
     """Point-to-plane targets are the feet on the tangent plane: no tangential pull."""
     from ssm.fitting.nicp import plane_targets

@@ -13,7 +13,8 @@ class FitConfig:
       landmark_sigma_mm : assumed landmark noise when the file gives none.
       ransac_threshold_mm, ransac_iterations : robust landmark similarity.
     Automatic initialisation
-      auto_points : scan points used by the search; auto_icp_iterations per hypothesis.
+      auto_points : scan points used by the search; auto_icp_iterations per hypothesis;
+        auto_candidates : distinct hypotheses a short model fit chooses between.
     Correspondences
       max_distance_mm : initial gate; later gates adapt to the residuals (k sigma) but
         never go below ``min_distance_mm``.
@@ -52,6 +53,7 @@ class FitConfig:
     ransac_iterations: int = 300
     auto_points: int = 1500
     auto_icp_iterations: int = 12
+    auto_candidates: int = 3
     max_distance_mm: float = 20.0
     min_distance_mm: float = 2.0
     normal_cos: float = 0.3

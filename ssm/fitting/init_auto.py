@@ -69,14 +69,79 @@ def _icp(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: 
     return sim, score
 
 
+def _icp_batch(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: np.ndarray,
+               starts: list[tuple[float, np.ndarray, np.ndarray]], iters: int, trim: float,
+               fixed_scale: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_icp` for many starting hypotheses at once (one KD query and one batched
+    7x7 solve per iteration for all of them). starts : (scale, (3, 3), (3,)) model ->
+    scan. Returns scales (H,), rotations (H, 3, 3), translations (H, 3), scores (H,)."""
+    s = np.array([h[0] for h in starts], dtype=np.float64)
+    r = np.stack([h[1] for h in starts])
+    t = np.stack([h[2] for h in starts])
+    n_h, n_p = len(starts), len(src_scan)
+    score = np.full(n_h, np.inf)
+    for _ in range(iters):
+        # scan points in each hypothesis' model frame: R^T (y - t) / s
+        q = ((src_scan[None] - t[:, None]) @ r) / s[:, None, None]
+        d, j = tree.query(q.reshape(-1, 3), workers=-1)
+        d, j = d.reshape(n_h, n_p), j.reshape(n_h, n_p)
+        keep = d <= np.quantile(d, trim, axis=1, keepdims=True)
+        score = (d * keep).sum(1) / keep.sum(1) * s
+        rt = r.transpose(0, 2, 1)
+        src = s[:, None, None] * (model_pts[j] @ rt) + t[:, None]
+        nrm = model_nrm[j] @ rt
+        ds, dr, dt = _similarity_steps(src, src_scan[None], nrm, 0.8 * keep, 0.2 * keep, fixed_scale is None)
+        ok = np.isfinite(ds) & (ds > 0)
+        s_new, r_new = ds * s, dr @ r
+        t_new = ds[:, None] * np.einsum("hij,hj->hi", dr, t) + dt
+        s, r, t = np.where(ok, s_new, s), np.where(ok[:, None, None], r_new, r), np.where(ok[:, None], t_new, t)
+    return s, r, t, score
+
+
+def _similarity_steps(p: np.ndarray, y: np.ndarray, n: np.ndarray, w_plane: np.ndarray, w_point: np.ndarray,
+                      scale: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched :func:`ssm.geometry.similarity.similarity_step`: p, n (H, C, 3), y
+    broadcastable to them, weights (H, C). Returns scales (H,), rotations (H, 3, 3) and
+    translations (H, 3) of the increments."""
+    w = w_plane + w_point
+    c = (p * w[..., None]).sum(1) / np.maximum(w.sum(1), 1e-300)[:, None]
+    q = p - c[:, None]
+    d = p - y
+    npar = 7 if scale else 6
+    zero = np.zeros_like(q[..., 0])
+    jp = np.concatenate([np.cross(q, n), n, (n * q).sum(-1, keepdims=True)], axis=-1)[..., :npar]
+    # point rows, one per axis a: [q x e_a, e_a, q_a]
+    qx, qy, qz = q[..., 0], q[..., 1], q[..., 2]
+    one = np.ones_like(qx)
+    cross_e = np.stack([np.stack([zero, qz, -qy], -1), np.stack([-qz, zero, qx], -1),
+                        np.stack([qy, -qx, zero], -1)], axis=2)  # (H, C, 3 axes, 3)
+    eye = np.broadcast_to(np.eye(3), cross_e.shape)
+    jq = np.concatenate([cross_e, eye * one[..., None, None], q[..., :, None]], axis=-1)[..., :npar]
+    jq = jq.reshape(len(q), -1, npar)  # (H, 3C, npar): batched BLAS products below
+    wq = np.repeat(w_point, 3, axis=1)
+    jpw, jqw = jp * w_plane[..., None], jq * wq[..., None]
+    ata = jpw.transpose(0, 2, 1) @ jp + jqw.transpose(0, 2, 1) @ jq
+    atb = (jpw.transpose(0, 2, 1) @ -(n * d).sum(-1)[..., None] + jqw.transpose(0, 2, 1) @ -d.reshape(len(q), -1, 1))[..., 0]
+    x = np.linalg.solve(ata + 1e-9 * np.eye(npar), atb[..., None])[..., 0]
+    ds = 1.0 + x[:, 6] if scale else np.ones(len(x))
+    dr = np.stack([axis_angle_rotation(v) for v in x[:, :3]])
+    dt = c + x[:, 3:6] - ds[:, None] * np.einsum("hij,hj->hi", dr, c)
+    return ds, dr, dt
+
+
 def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
-                    fixed_scale: float | None = None) -> tuple[Similarity, StageReport]:
-    """Model -> scan similarity without landmarks (see module doc).
+                    fixed_scale: float | None = None, candidates: int = 1
+                    ) -> tuple[list[Similarity], StageReport]:
+    """Model -> scan similarities without landmarks, best first (see module doc).
 
     Scans often hold more than the head (a wall behind it, a second object): when the
     sampled points fall into several well-separated clusters, each sizeable cluster is
-    searched on its own as well as the whole scan, and the hypothesis with the smallest
-    trimmed residual in mm (at a plausible head size) wins.
+    searched on its own as well as the whole scan, and hypotheses compete on their
+    trimmed residual in mm (at a plausible head size).
+    candidates : how many distinct hypotheses to return (placements of the mean more
+        than 5 mm RMS apart): the residual against the mean shape cannot always tell a
+        face slid along itself from the right place; :func:`select_start` lets the
+        model decide between them.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
@@ -90,19 +155,59 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
     mnorm = instance_normals(model, m)
     sub = np.arange(len(m)) if len(m) <= 6000 else rng.choice(len(m), 6000, replace=False)
     target = (m, mnorm, m[sub], mnorm[sub], cKDTree(m[sub]))
-    best, n_hyps = None, 0
+    found, n_hyps = [], 0
     regions = [pick] + [pick[c] for c in _clusters(scan.points[pick])]
     for i, region in enumerate(regions):  # the clusters get a coarser search (no tilts)
-        key, score, sim, n = _search(scan.points[region], scan.normals[region], target, config, rng, fixed_scale,
-                                     tilted=i == 0)
+        refined, n = _search(scan.points[region], scan.normals[region], target, config, rng, fixed_scale,
+                             tilted=i == 0)
         n_hyps += n
-        key_mm = key / sim.scale
-        if best is None or key_mm < best[0]:
-            best = (key_mm, score, sim)
-    _, score, sim = best
-    rep = StageReport("auto_init", time.perf_counter() - t0, score / sim.scale, score / sim.scale, len(pick),
-                      extra={"hypotheses": n_hyps, "regions": len(regions), "scale": sim.scale})
-    return sim, rep
+        found += [(key / sim.scale, score, sim) for key, score, sim in refined]
+    found.sort(key=lambda h: h[0])
+    kept, placed = [], []
+    for key_mm, score, sim in found:
+        x = sim.apply(m) / sim.scale  # the placed mean, scan frame in mm
+        if all(np.sqrt(((x - y) ** 2).sum(1).mean()) > 5.0 for y in placed):
+            kept.append((key_mm, score, sim))
+            placed.append(x)
+        if len(kept) == candidates:
+            break
+    key_mm, score, sim = kept[0]
+    rep = StageReport("auto_init", time.perf_counter() - t0, key_mm, key_mm, len(pick),
+                      extra={"hypotheses": n_hyps, "regions": len(regions), "scale": sim.scale,
+                             "candidates_mm": [round(k[0], 3) for k in kept]})
+    return [k[2] for k in kept], rep
+
+
+def select_start(model: ShapeModel, scan: Scan, starts: list[Similarity], config: FitConfig,
+                 fixed_scale: float | None = None) -> tuple[Similarity, list[float]]:
+    """The start among ``starts`` from which a short, stiff model fit explains the scan best.
+
+    Each start gets a few quick rigid and 40-component model-fit iterations; its score
+    is the median residual (mm) over the share of the scan within 2.5 mm of the fit, so a
+    fit that matches a small part of the scan well does not win. Returns the refined
+    pose of the winner and all the scores.
+    """
+    import dataclasses
+
+    from ssm.fitting.model_fit import fit_model
+    from ssm.fitting.scan import scan_explained
+
+    if len(starts) == 1:
+        return starts[0], []
+    quick = dataclasses.replace(config, vertex_samples=3000, scan_samples=4000, solve_samples=2000)
+    rigid = dataclasses.replace(quick, component_schedule=(0,), prior_schedule=None, iterations_per_level=4)
+    stiff = dataclasses.replace(quick, component_schedule=(40,), prior_schedule=(256.0,), iterations_per_level=5)
+    best, scores = None, []
+    for sim in starts:
+        state, _ = fit_model(model, scan, sim, rigid, fixed_scale=fixed_scale)
+        state, rep = fit_model(model, scan, state.pose, stiff, fixed_scale=fixed_scale, coeffs=state.coeffs)
+        x = state.pose.apply(model.instance(state.coeffs))
+        explained = scan_explained(scan, x, model.triangles, state.pose.scale, samples=2000)
+        score = rep.residual_median_mm / max(explained, 0.05)
+        scores.append(round(float(score), 4) if np.isfinite(score) else float("inf"))
+        if np.isfinite(score) and (best is None or score < best[0]):
+            best = (score, state.pose)
+    return (starts[0] if best is None else best[1]), scores
 
 
 def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) -> list[np.ndarray]:
@@ -129,14 +234,14 @@ def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) 
 
 
 def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: np.random.Generator,
-            fixed_scale: float | None, tilted: bool = True) -> tuple[float, float, Similarity, int]:
-    """Best hypothesis for scan points ``p`` (P, 3) with their ``normals``.
+            fixed_scale: float | None, tilted: bool = True) -> tuple[list, int]:
+    """The ten best hypotheses for scan points ``p`` (P, 3) with their ``normals``.
 
     tilted : also try each axis hypothesis tilted by 25 degrees about each axis (7x the
         hypotheses; principal axes of a partial scan are only roughly the model's).
 
-    Returns (key, score, similarity, hypotheses tried): score is the trimmed residual in
-    scan units, key the same with a penalty for an implausible head size.
+    Returns ([(key, score, similarity)], hypotheses tried): score is the trimmed residual
+    in scan units, key the same with a penalty for an implausible head size.
     """
     m, mnorm, msub, nsub, tree = target
     es, em = _axes(p), _axes(m)
@@ -152,7 +257,7 @@ def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: 
     tilts = [np.eye(3)]
     if tilted:
         tilts += [axis_angle_rotation(np.deg2rad(25.0) * sgn * np.eye(3)[ax]) for ax in range(3) for sgn in (1, -1)]
-    hyps = []
+    starts = []
     for s in scales:
         for d in _rotations():
             for tilt in tilts:
@@ -162,17 +267,15 @@ def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: 
                     facing = mnorm @ (r.T @ view) > 0.3 * np.linalg.norm(view)
                     if facing.sum() > 10:
                         centre = m[facing].mean(0)
-                t = p.mean(0) - s * r @ centre
-                sim, score = _icp(coarse, tree, msub, nsub, Similarity(s, r, t), 3, 0.7, fixed_scale)
-                hyps.append((score, sim))
-    hyps.sort(key=lambda h: h[0])
+                starts.append((s, r, p.mean(0) - s * r @ centre))
+    sc, rot, tr, score = _icp_batch(coarse, tree, msub, nsub, starts, 3, 0.7, fixed_scale)
+    hyps = sorted(((float(score[h]), Similarity(float(sc[h]), rot[h], tr[h])) for h in range(len(starts))),
+                  key=lambda h: h[0])
     diagonal = float(np.linalg.norm(np.ptp(p, axis=0)))
-    best = None
+    refined = []
     for score, sim in hyps[:10]:
         sim, score = _icp(p, tree, msub, nsub, sim, config.auto_icp_iterations, 0.7, fixed_scale)
         size_mm = diagonal / sim.scale
         plausible = HEAD_DIAGONAL_MM[0] <= size_mm <= HEAD_DIAGONAL_MM[1]
-        key = score * (1.0 if plausible else 10.0)
-        if best is None or key < best[0]:
-            best = (key, score, sim)
-    return (*best, len(hyps))
+        refined.append((score * (1.0 if plausible else 10.0), score, sim))
+    return refined, len(hyps)

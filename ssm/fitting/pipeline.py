@@ -12,13 +12,13 @@ import numpy as np
 
 from ssm.errors import InputFileError, SSMError
 from ssm.fitting.config import FitConfig
-from ssm.fitting.init_auto import auto_similarity
+from ssm.fitting.init_auto import auto_similarity, select_start
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
-from ssm.fitting.scan import Scan, load_scan, orient_normals, scan_from_arrays
+from ssm.fitting.scan import Scan, load_scan, orient_normals, scan_explained, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.fitting.correspondence import find_correspondences
 from ssm.fitting.uncertainty import fit_stddev
@@ -120,8 +120,14 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     else:
         if lms is not None:
             log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
-        sim, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm)
-        stages.append(rep)
+        starts, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm,
+                                      candidates=cfg.auto_candidates)
+        sc = orient_normals(sc, starts[0].apply(model.mean),
+                            instance_normals(model, model.mean) @ starts[0].rotation.T, near=10.0 * starts[0].scale)
+        t0 = time.perf_counter()
+        sim, scores = select_start(model, sc, starts, cfg, fixed_scale)
+        stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,
+                                          extra={**rep.extra, "candidate_scores": scores}))
 
     # normals take their side from the initialised model (point clouds; inverted meshes)
     sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T,
@@ -206,28 +212,6 @@ def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, 
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     return pose, StageReport("pose_refine", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
                              extra={"vertex_shift_rms_mm": moved}), corr
-
-
-def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,
-                   samples: int = 5000, within_mm: float = 2.5) -> float:
-    """Fraction of (non-stray) scan points within ``within_mm`` of the fitted surface.
-
-    A fit that slid onto the wrong part of the head matches its own correspondences
-    well but explains little of the scan: this is the convergence check that sees it.
-    """
-    idx = np.flatnonzero(np.linalg.norm(scan.normals, axis=1) > 0)
-    if not len(idx):
-        idx = np.arange(len(scan.points))
-    idx = np.random.default_rng(0).choice(idx, min(samples, len(idx)), replace=False)
-    if triangles is not None:
-        from ssm.geometry.surface_distance import point_to_surface
-
-        d = point_to_surface(scan.points[idx], verts_scan, triangles)
-    else:
-        from scipy.spatial import cKDTree
-
-        d, _ = cKDTree(verts_scan).query(scan.points[idx])
-    return float((d / scale < within_mm).mean())
 
 
 def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:

@@ -211,3 +211,26 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
 
     data = read_mesh(path, allow_points=True, allow_nan=True)
     return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean)
+
+
+def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,
+                   samples: int = 5000, within_mm: float = 2.5) -> float:
+    """Fraction of (non-stray) scan points within ``within_mm`` of the fitted surface.
+
+    verts_scan : (N, 3) fitted vertices in the scan frame; triangles : (M, 3) or None
+    (then distances to the vertices); scale : scan units per mm.
+
+    A fit that slid onto the wrong part of the head matches its own correspondences
+    well but explains little of the scan: this is the convergence check that sees it.
+    """
+    idx = np.flatnonzero(np.linalg.norm(scan.normals, axis=1) > 0)
+    if not len(idx):
+        idx = np.arange(len(scan.points))
+    idx = np.random.default_rng(0).choice(idx, min(samples, len(idx)), replace=False)
+    if triangles is not None:
+        from ssm.geometry.surface_distance import point_to_surface
+
+        d = point_to_surface(scan.points[idx], verts_scan, triangles)
+    else:
+        d, _ = cKDTree(verts_scan).query(scan.points[idx])
+    return float((d / scale < within_mm).mean())
