@@ -78,7 +78,7 @@ class FitConfig:
     @classmethod
     def preset(cls, name: str) -> "FitConfig":
         """``accurate`` (the defaults) or ``fast``: fewer components and iterations, about
-        2x faster for a little accuracy (see benchmarks/bench_fitting.py)."""
+        1.5x faster with landmarks for 0.03-0.05 mm (see benchmarks/bench_fitting.py)."""
         if name == "accurate":
             return cls()
         if name == "fast":
