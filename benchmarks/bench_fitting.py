@@ -213,7 +213,8 @@ def main() -> None:
         print(f"{'scan':<22} {'points':>7} {'lm':>3} {'face dist':>9} {'explained':>9} {'lm err':>13} "
               f"{'units':>24} {'seconds':>7}")
         for r in real:
-            lm = "-" if not r["landmarks"] else f"{r['landmark_error_median_mm']:.2f} / {r['landmark_error_mean_mm']:.2f}"
+            lm = ("-" if not r["landmarks"]
+                  else f"{r['landmark_error_median_mm']:.2f} / {r['landmark_error_mean_mm']:.2f}")
             print(f"{r['scan']:<22} {r['points']:>7} {r['landmarks']:>3} {r['face_distance_median_mm']:>9.2f} "
                   f"{r['scan_within_2.5mm']:>9.0%} {lm:>13} {r['units']:>24} {r['seconds']:>7.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,15 @@ rotations (every axis permutation and sign with det +1), each tried at a few sca
 short trimmed similarity ICP from the scan to the model mean. Hypotheses are scored by
 the trimmed residual; the best few get more iterations. When the scan holds
 well-separated clusters (a head and a wall behind it), each sizeable cluster is searched
-too, and the candidates compete on their residual in mm.
+too, and the candidates compete on their residual in mm. The residual against the mean
+shape cannot always tell a face slid along itself from the right place, so the best
+few distinct candidates each get a short, stiff model fit and the model chooses
+(:func:`select_start`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
@@ -18,7 +22,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.scan import Scan
+from ssm.fitting.model_fit import fit_model, instance_normals
+from ssm.fitting.scan import Scan, scan_explained
 from ssm.fitting.stage import StageReport
 from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_step
 from ssm.io.units import HEAD_DIAGONAL_MM
@@ -121,7 +126,8 @@ def _similarity_steps(p: np.ndarray, y: np.ndarray, n: np.ndarray, w_plane: np.n
     wq = np.repeat(w_point, 3, axis=1)
     jpw, jqw = jp * w_plane[..., None], jq * wq[..., None]
     ata = jpw.transpose(0, 2, 1) @ jp + jqw.transpose(0, 2, 1) @ jq
-    atb = (jpw.transpose(0, 2, 1) @ -(n * d).sum(-1)[..., None] + jqw.transpose(0, 2, 1) @ -d.reshape(len(q), -1, 1))[..., 0]
+    atb = (jpw.transpose(0, 2, 1) @ -(n * d).sum(-1)[..., None]
+           + jqw.transpose(0, 2, 1) @ -d.reshape(len(q), -1, 1))[..., 0]
     x = np.linalg.solve(ata + 1e-9 * np.eye(npar), atb[..., None])[..., 0]
     ds = 1.0 + x[:, 6] if scale else np.ones(len(x))
     dr = np.stack([axis_angle_rotation(v) for v in x[:, :3]])
@@ -150,8 +156,6 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
         good = np.arange(len(scan.points))
     pick = good if len(good) <= config.auto_points else rng.choice(good, config.auto_points, replace=False)
     m = model.mean.astype(np.float64)
-    from ssm.fitting.model_fit import instance_normals
-
     mnorm = instance_normals(model, m)
     sub = np.arange(len(m)) if len(m) <= 6000 else rng.choice(len(m), 6000, replace=False)
     target = (m, mnorm, m[sub], mnorm[sub], cKDTree(m[sub]))
@@ -187,11 +191,6 @@ def select_start(model: ShapeModel, scan: Scan, starts: list[Similarity], config
     fit that matches a small part of the scan well does not win. Returns the refined
     pose of the winner and all the scores.
     """
-    import dataclasses
-
-    from ssm.fitting.model_fit import fit_model
-    from ssm.fitting.scan import scan_explained
-
     if len(starts) == 1:
         return starts[0], []
     quick = dataclasses.replace(config, vertex_samples=3000, scan_samples=4000, solve_samples=2000)
