@@ -197,7 +197,8 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
-    preset: str = typer.Option("accurate", help="accurate | fast (about 1.5x faster with landmarks, slightly less accurate)."),
+    preset: str = typer.Option("accurate", help="accurate | fast (about 1.5x faster with landmarks, "
+                                                "slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
     normal_map: Optional[str] = typer.Option(None, help="Also use a normal map: N.npy:VAR.npy (rad^2)."),

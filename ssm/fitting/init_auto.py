@@ -25,7 +25,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.scan import Scan, scan_explained
 from ssm.fitting.stage import StageReport
-from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_step
+from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_steps
 from ssm.io.units import HEAD_DIAGONAL_MM
 from ssm.models.shape_model import ShapeModel
 
@@ -50,36 +50,16 @@ def _rotations() -> list[np.ndarray]:
     return out
 
 
-def _icp(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: np.ndarray, sim: Similarity,
-         iters: int, trim: float, fixed_scale: float | None) -> tuple[Similarity, float]:
-    """Trimmed point-to-plane similarity ICP from scan points to the model mean.
-
-    Returns (model -> scan transform, trimmed mean residual in the scan's units: in
-    model units it would favour hypotheses that shrink the scan).
-    """
-    score = np.inf
-    for _ in range(iters):
-        q = sim.inverse().apply(src_scan)  # scan points in the model frame (mm)
-        d, j = tree.query(q)
-        keep = d <= np.quantile(d, trim)
-        score = float(d[keep].mean()) * sim.scale
-        src = sim.apply(model_pts[j[keep]])
-        nrm = model_nrm[j[keep]] @ sim.rotation.T
-        n = int(keep.sum())
-        step = similarity_step(src, src_scan[keep], nrm, np.full(n, 0.8), np.full(n, 0.2),
-                               scale=fixed_scale is None)
-        if not (np.isfinite(step.scale) and step.scale > 0):
-            break
-        sim = step.compose(sim)
-    return sim, score
-
-
 def _icp_batch(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: np.ndarray,
                starts: list[tuple[float, np.ndarray, np.ndarray]], iters: int, trim: float,
                fixed_scale: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_icp` for many starting hypotheses at once (one KD query and one batched
-    7x7 solve per iteration for all of them). starts : (scale, (3, 3), (3,)) model ->
-    scan. Returns scales (H,), rotations (H, 3, 3), translations (H, 3), scores (H,)."""
+    """Trimmed point-to-plane similarity ICP from scan points to the model mean, for many
+    starting hypotheses at once (one KD query and one batched 7x7 solve per iteration).
+
+    starts : (scale, (3, 3), (3,)) model -> scan. Returns scales (H,), rotations
+    (H, 3, 3), translations (H, 3) and scores (H,): the trimmed mean residual in the
+    scan's units (in model units it would favour hypotheses that shrink the scan).
+    """
     s = np.array([h[0] for h in starts], dtype=np.float64)
     r = np.stack([h[1] for h in starts])
     t = np.stack([h[2] for h in starts])
@@ -95,44 +75,15 @@ def _icp_batch(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model
         rt = r.transpose(0, 2, 1)
         src = s[:, None, None] * (model_pts[j] @ rt) + t[:, None]
         nrm = model_nrm[j] @ rt
-        ds, dr, dt = _similarity_steps(src, src_scan[None], nrm, 0.8 * keep, 0.2 * keep, fixed_scale is None)
+        steps = similarity_steps(src, src_scan[None], nrm, 0.8 * keep, 0.2 * keep, fixed_scale is None)
+        ds = np.array([st.scale for st in steps])
+        dr = np.stack([st.rotation for st in steps])
+        dt = np.stack([st.translation for st in steps])
         ok = np.isfinite(ds) & (ds > 0)
         s_new, r_new = ds * s, dr @ r
         t_new = ds[:, None] * np.einsum("hij,hj->hi", dr, t) + dt
         s, r, t = np.where(ok, s_new, s), np.where(ok[:, None, None], r_new, r), np.where(ok[:, None], t_new, t)
     return s, r, t, score
-
-
-def _similarity_steps(p: np.ndarray, y: np.ndarray, n: np.ndarray, w_plane: np.ndarray, w_point: np.ndarray,
-                      scale: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batched :func:`ssm.geometry.similarity.similarity_step`: p, n (H, C, 3), y
-    broadcastable to them, weights (H, C). Returns scales (H,), rotations (H, 3, 3) and
-    translations (H, 3) of the increments."""
-    w = w_plane + w_point
-    c = (p * w[..., None]).sum(1) / np.maximum(w.sum(1), 1e-300)[:, None]
-    q = p - c[:, None]
-    d = p - y
-    npar = 7 if scale else 6
-    zero = np.zeros_like(q[..., 0])
-    jp = np.concatenate([np.cross(q, n), n, (n * q).sum(-1, keepdims=True)], axis=-1)[..., :npar]
-    # point rows, one per axis a: [q x e_a, e_a, q_a]
-    qx, qy, qz = q[..., 0], q[..., 1], q[..., 2]
-    one = np.ones_like(qx)
-    cross_e = np.stack([np.stack([zero, qz, -qy], -1), np.stack([-qz, zero, qx], -1),
-                        np.stack([qy, -qx, zero], -1)], axis=2)  # (H, C, 3 axes, 3)
-    eye = np.broadcast_to(np.eye(3), cross_e.shape)
-    jq = np.concatenate([cross_e, eye * one[..., None, None], q[..., :, None]], axis=-1)[..., :npar]
-    jq = jq.reshape(len(q), -1, npar)  # (H, 3C, npar): batched BLAS products below
-    wq = np.repeat(w_point, 3, axis=1)
-    jpw, jqw = jp * w_plane[..., None], jq * wq[..., None]
-    ata = jpw.transpose(0, 2, 1) @ jp + jqw.transpose(0, 2, 1) @ jq
-    atb = (jpw.transpose(0, 2, 1) @ -(n * d).sum(-1)[..., None]
-           + jqw.transpose(0, 2, 1) @ -d.reshape(len(q), -1, 1))[..., 0]
-    x = np.linalg.solve(ata + 1e-9 * np.eye(npar), atb[..., None])[..., 0]
-    ds = 1.0 + x[:, 6] if scale else np.ones(len(x))
-    dr = np.stack([axis_angle_rotation(v) for v in x[:, :3]])
-    dt = c + x[:, 3:6] - ds[:, None] * np.einsum("hij,hj->hi", dr, c)
-    return ds, dr, dt
 
 
 def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
@@ -270,11 +221,12 @@ def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: 
     sc, rot, tr, score = _icp_batch(coarse, tree, msub, nsub, starts, 3, 0.7, fixed_scale)
     hyps = sorted(((float(score[h]), Similarity(float(sc[h]), rot[h], tr[h])) for h in range(len(starts))),
                   key=lambda h: h[0])
+    best = [(h.scale, h.rotation, h.translation) for _, h in hyps[:10]]
+    sc, rot, tr, score = _icp_batch(p, tree, msub, nsub, best, config.auto_icp_iterations, 0.7, fixed_scale)
     diagonal = float(np.linalg.norm(np.ptp(p, axis=0)))
     refined = []
-    for score, sim in hyps[:10]:
-        sim, score = _icp(p, tree, msub, nsub, sim, config.auto_icp_iterations, 0.7, fixed_scale)
-        size_mm = diagonal / sim.scale
-        plausible = HEAD_DIAGONAL_MM[0] <= size_mm <= HEAD_DIAGONAL_MM[1]
-        refined.append((score * (1.0 if plausible else 10.0), score, sim))
+    for h in range(len(best)):
+        plausible = HEAD_DIAGONAL_MM[0] <= diagonal / sc[h] <= HEAD_DIAGONAL_MM[1]
+        sim = Similarity(float(sc[h]), rot[h], tr[h])
+        refined.append((float(score[h]) * (1.0 if plausible else 10.0), float(score[h]), sim))
     return refined, len(hyps)

@@ -22,7 +22,7 @@ from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.geometry.mesh_ops import vertex_normals
-from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_step
+from ssm.geometry.similarity import Similarity, similarity_jacobian, similarity_step, step_similarity
 from ssm.models.shape_model import ShapeModel
 
 
@@ -84,7 +84,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
     k_c, n_pose = k, 0
     if pose_rows is not None:  # joint Gauss-Newton step of a small model-frame similarity
-        jac = _similarity_jacobian(pose_rows[0][verts], pose_rows[1])
+        jac = similarity_jacobian(pose_rows[0][verts], pose_rows[1])
         n_pose = jac.shape[2]
         phi = np.concatenate([phi, jac.astype(np.float32)], axis=2)
         k = k_c + n_pose
@@ -113,27 +113,6 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     if n_pose:  # no prior on the pose; a whisker of damping keeps the system regular
         A[np.arange(k_c, k), np.arange(k_c, k)] += 1e-9 * float(np.trace(A)) / k
     return np.linalg.solve(A, b)
-
-
-def _small_similarity(dp: np.ndarray, centre: np.ndarray) -> Similarity:
-    """The model-frame similarity of a Gauss-Newton step ``(w, t[, s])`` about ``centre``."""
-    scale = 1.0 + (float(dp[6]) if len(dp) > 6 else 0.0)
-    rot = axis_angle_rotation(dp[:3])
-    return Similarity(scale, rot, centre + dp[3:6] - scale * rot @ centre)
-
-
-def _similarity_jacobian(xc: np.ndarray, with_scale: bool) -> np.ndarray:
-    """(C, 3, 6 or 7) derivative of ``x + w x xc + t + s xc`` in (w, t[, s]); xc centred."""
-    c = len(xc)
-    j = np.zeros((c, 3, 7 if with_scale else 6))
-    x, y, z = xc[:, 0], xc[:, 1], xc[:, 2]
-    j[:, 1, 0], j[:, 2, 0] = -z, y
-    j[:, 0, 1], j[:, 2, 1] = z, -x
-    j[:, 0, 2], j[:, 1, 2] = -y, x
-    j[:, 0, 3] = j[:, 1, 4] = j[:, 2, 5] = 1.0
-    if with_scale:
-        j[:, :, 6] = xc
-    return j
 
 
 def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig,
@@ -211,7 +190,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                                          noise_var, config.point_to_plane, lm_terms, phi_all,
                                          pose_rows=(x - centre, fixed_scale is None))
                 c_new = sol[:k]
-                pose = pose.compose(_small_similarity(sol[k:], centre))
+                pose = pose.compose(step_similarity(sol[k:], centre))
                 # over-relaxed step: closest-point iterations creep along the surface at a
                 # linear rate; stepping past the solve roughly halves the iterations needed
                 c[:k] += config.overrelaxation * (c_new - c[:k])

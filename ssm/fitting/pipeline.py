@@ -111,6 +111,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     lm_mask = None
 
     # 1-2: initialisation
+    starts = None
     if init_pose is not None:
         sim = init_pose
         stages.append(StageReport("given_pose", 0.0, float("nan"), float("nan"), 0))
@@ -122,14 +123,16 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
             log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
         starts, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm,
                                       candidates=cfg.auto_candidates)
-        sc = _orient_by_model(model, sc, starts[0])
+        sim = starts[0]
+
+    # normals take their side from the initialised model (point clouds; inverted meshes)
+    sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T,
+                        near=10.0 * sim.scale)
+    if starts is not None:  # the model chooses among the search's best distinct starts
         t0 = time.perf_counter()
         sim, scores = select_start(model, sc, starts, cfg, fixed_scale)
         stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,
                                           extra={**rep.extra, "candidate_scores": scores}))
-
-    # normals take their side from the initialised model (point clouds; inverted meshes)
-    sc = _orient_by_model(model, sc, sim)
 
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()
@@ -187,12 +190,6 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
                      rejected, units_name, estimated, converged, message, stddev)
-
-
-def _orient_by_model(model: ShapeModel, scan: Scan, sim: Similarity) -> Scan:
-    """:func:`orient_normals` against the model mean placed by ``sim`` (10 mm vote radius)."""
-    return orient_normals(scan, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T,
-                          near=10.0 * sim.scale)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

@@ -170,6 +170,57 @@ def axis_angle_rotation(w: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(th) * kx + (1 - np.cos(th)) * kx @ kx
 
 
+def similarity_jacobian(xc: np.ndarray, scale: bool = True) -> np.ndarray:
+    """(..., 3, 6 or 7) derivative of ``x + w x xc + t + s xc`` in ``(w, t[, s])``.
+
+    xc : (..., 3) points relative to the centre the small motion turns and scales about.
+    Row ``a`` is ``[xc x e_a, e_a, xc_a]``; a normal ``n`` gives the point-to-plane row
+    ``n^T J = [xc x n, n, n.xc]``.
+    """
+    xc = np.asarray(xc, dtype=np.float64)
+    j = np.zeros(xc.shape[:-1] + (3, 7 if scale else 6))
+    x, y, z = xc[..., 0], xc[..., 1], xc[..., 2]
+    j[..., 1, 0], j[..., 2, 0] = -z, y
+    j[..., 0, 1], j[..., 2, 1] = z, -x
+    j[..., 0, 2], j[..., 1, 2] = -y, x
+    j[..., 0, 3] = j[..., 1, 4] = j[..., 2, 5] = 1.0
+    if scale:
+        j[..., :, 6] = xc
+    return j
+
+
+def step_similarity(dp: np.ndarray, centre: np.ndarray) -> Similarity:
+    """The similarity of a Gauss-Newton step ``dp = (w (3,), t (3,)[, s])`` about ``centre``:
+    rotation by ``w`` and scaling by ``1 + s`` about ``centre``, then translation by ``t``."""
+    scale = 1.0 + (float(dp[6]) if len(dp) > 6 else 0.0)
+    rot = axis_angle_rotation(dp[:3])
+    return Similarity(scale, rot, centre + dp[3:6] - scale * rot @ centre)
+
+
+def similarity_steps(p: np.ndarray, y: np.ndarray, n: np.ndarray | None, w_plane: np.ndarray,
+                     w_point: np.ndarray, scale: bool = True) -> list[Similarity]:
+    """:func:`similarity_step` for H problems at once: p (H, C, 3), y and n broadcastable
+    to it (n may be None), weights (H, C). One batched 7x7 solve for all of them."""
+    p = np.asarray(p, dtype=np.float64)
+    w = w_plane + w_point
+    c = (p * w[..., None]).sum(1) / np.maximum(w.sum(1), 1e-300)[:, None]  # (H, 3)
+    jac = similarity_jacobian(p - c[:, None], scale)  # (H, C, 3, npar)
+    h, npar = len(p), jac.shape[-1]
+    d = p - np.broadcast_to(y, p.shape)
+    jq = jac.reshape(h, -1, npar)  # point-to-point rows, (H, 3C, npar): batched BLAS below
+    jqw = jq * np.repeat(w_point, 3, axis=1)[..., None]
+    ata = jqw.transpose(0, 2, 1) @ jq
+    atb = -(jqw.transpose(0, 2, 1) @ d.reshape(h, -1, 1))[..., 0]
+    if n is not None:
+        n = np.broadcast_to(n, p.shape)
+        jp = (n[..., None] * jac).sum(2)  # point-to-plane rows n^T J, (H, C, npar)
+        jpw = jp * w_plane[..., None]
+        ata += jpw.transpose(0, 2, 1) @ jp
+        atb -= (jpw.transpose(0, 2, 1) @ (n * d).sum(-1)[..., None])[..., 0]
+    x = np.linalg.solve(ata + 1e-9 * np.eye(npar), atb[..., None])[..., 0]
+    return [step_similarity(xh, ch) for xh, ch in zip(x, c)]
+
+
 def similarity_step(p: np.ndarray, y: np.ndarray, n: np.ndarray | None, w_plane: np.ndarray,
                     w_point: np.ndarray, scale: bool = True) -> Similarity:
     """One Gauss-Newton step of a similarity moving points ``p`` towards ``y``.
@@ -179,31 +230,6 @@ def similarity_step(p: np.ndarray, y: np.ndarray, n: np.ndarray | None, w_plane:
     much faster than point-to-point alone on smooth surfaces). p, y, n : (C, 3) in one
     frame; returns the increment ``T`` (apply it after the current pose).
     """
-    c = (p * (w_plane + w_point)[:, None]).sum(0) / max(float((w_plane + w_point).sum()), 1e-300)
-    q = p - c
-    d = p - y
-    npar = 7 if scale else 6
-    rows, rhs, wts = [], [], []
-    if n is not None and np.any(w_plane > 0):
-        j = np.concatenate([np.cross(q, n), n, (n * q).sum(1, keepdims=True)], axis=1)[:, :npar]
-        rows.append(j)
-        rhs.append(-(n * d).sum(1))
-        wts.append(w_plane)
-    if np.any(w_point > 0):
-        zero = np.zeros(len(q))
-        for axis in range(3):
-            e = np.zeros(3)
-            e[axis] = 1.0
-            # d/dw (w x q)_axis = (q x e_axis); translation picks e_axis; scale q_axis
-            j = np.concatenate([np.cross(q, e), np.broadcast_to(e, q.shape), q[:, axis:axis + 1]], axis=1)
-            rows.append(j[:, :npar])
-            rhs.append(-d[:, axis] + zero)
-            wts.append(w_point)
-    a = np.concatenate(rows)
-    b = np.concatenate(rhs)
-    w = np.concatenate(wts)
-    ata = (a * w[:, None]).T @ a + 1e-9 * np.eye(npar)
-    x = np.linalg.solve(ata, (a * w[:, None]).T @ b)
-    r = axis_angle_rotation(x[:3])
-    s = 1.0 + (x[6] if scale else 0.0)
-    return Similarity(float(s), r, c + x[3:6] - s * r @ c)
+    return similarity_steps(np.asarray(p)[None], np.asarray(y)[None], None if n is None else np.asarray(n)[None],
+                            np.asarray(w_plane, dtype=np.float64)[None], np.asarray(w_point, dtype=np.float64)[None],
+                            scale)[0]
