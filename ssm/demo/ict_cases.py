@@ -65,6 +65,19 @@ def subjects(ict: ICT, n: int, seed: int, detail_mm: float = 0.8) -> np.ndarray:
     return out
 
 
+def with_expressions(ict: ICT, identities: np.ndarray, seed: int, active: float = 0.1) -> np.ndarray:
+    """(n, N, 3) ``identities`` (n, N, 3) each with a random expression, mm: every ICT
+    blendshape is on with probability ``active``, at a weight drawn from U(0, 1).
+
+    A corpus of such scans next to the neutral ones trains a model that spans
+    expressions too (one PCA over both), for scans of people who are not neutral.
+    """
+    rng = np.random.default_rng(seed)
+    n, k = len(identities), len(ict.expressions)
+    w = rng.uniform(0.0, 1.0, (n, k)) * (rng.random((n, k)) < active)
+    return identities + np.einsum("sk,knd->snd", w, ict.expressions)
+
+
 @dataclass(frozen=True)
 class Case:
     """A held-out subject (truth, mm) and its raw scan with landmarks in the scan frame."""

@@ -15,6 +15,9 @@ class FitConfig:
     Automatic initialisation
       auto_points : scan points used by the search; auto_icp_iterations per hypothesis;
         auto_candidates : distinct hypotheses a short model fit chooses between.
+    Rigid refinement
+      rigid_iterations : similarity-only iterations before the model fit (the model fit
+        solves the pose again, jointly with the shape).
     Correspondences
       max_distance_mm : initial gate; later gates adapt to the residuals (k sigma) but
         never go below ``min_distance_mm``.
@@ -54,6 +57,7 @@ class FitConfig:
     auto_points: int = 1500
     auto_icp_iterations: int = 12
     auto_candidates: int = 3
+    rigid_iterations: int = 4
     max_distance_mm: float = 20.0
     min_distance_mm: float = 2.0
     normal_cos: float = 0.3

@@ -54,11 +54,12 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     gate = gate_mm / mm_per_unit
     # model -> scan (only the allowed vertices are queried)
     idx_allowed = np.flatnonzero(allowed)
-    d_a, j_a = scan.tree.query(verts[idx_allowed], distance_upper_bound=gate, workers=-1)
+    match_tree, match_idx = scan.match_tree
+    d_a, j_a = match_tree.query(verts[idx_allowed], distance_upper_bound=gate, workers=-1)
     ok_a = np.isfinite(d_a)
-    jj = np.where(ok_a, j_a, 0)
-    ok_a &= ~scan.boundary[jj]
-    cos = (vnormals[idx_allowed] * scan.normals[jj]).sum(1)
+    j_a = match_idx[np.where(ok_a, j_a, 0)]
+    ok_a &= ~scan.boundary[j_a]
+    cos = (vnormals[idx_allowed] * scan.normals[j_a]).sum(1)
     ok_a &= (cos if scan.oriented else np.abs(cos)) >= normal_cos
     tgt_sum = np.zeros((n, 3))
     nrm_sum = np.zeros((n, 3))
@@ -71,8 +72,10 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     cnt[hit] = 1.0
     # scan -> model
     pick = scan.matchable
-    if len(pick) > scan_samples:  # with replacement: O(samples), not O(scan size)
-        pick = np.unique(pick[rng.integers(0, len(pick), scan_samples)])
+    if len(pick) > scan_samples:  # drawn with replacement; a mask merges repeats (no sort)
+        chosen = np.zeros(len(pick), bool)
+        chosen[rng.integers(0, len(pick), scan_samples)] = True
+        pick = pick[chosen]
     if len(pick) and len(idx_allowed):
         tree = cKDTree(verts[idx_allowed])
         d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate, workers=-1)

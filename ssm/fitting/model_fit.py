@@ -52,6 +52,15 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
     return phi
 
 
+def _instance(model: ShapeModel, phi_all: np.ndarray | None, c: np.ndarray, k: int) -> np.ndarray:
+    """(N, 3) float64 instance for the first ``k`` coefficients, by the float32 basis
+    (half the memory traffic of ``model.instance``, which matters once per iteration)."""
+    if phi_all is None or k == 0:
+        return model.instance(c)
+    flat = phi_all.reshape(-1, phi_all.shape[2])[:, :k]
+    return model.mean + (flat @ c[:k].astype(np.float32)).reshape(-1, 3)
+
+
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,
                        normal_m: np.ndarray, weight: np.ndarray, noise_var: float, point_to_plane: float,
                        lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -72,45 +81,46 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     """
     if phi_all is None:
         phi_all = scaled_basis(model)
-    verts = corr_vertex
-    tgts = target_m
-    wts = weight
-    nrm = normal_m
+    verts, tgts, wts, nrm = corr_vertex, target_m, weight, normal_m
     if lm is not None:
         verts = np.concatenate([verts, lm[0]])
         tgts = np.concatenate([tgts, lm[1]])
         wts = np.concatenate([wts, lm[2]])
         nrm = np.concatenate([nrm, np.zeros((len(lm[0]), 3))])  # landmarks: full 3D residual
-    phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
-    k_c, n_pose = k, 0
+    phi = phi_all[verts][:, :, :k]  # (C, 3, k) float32 view for the big products
+    jac = None
     if pose_rows is not None:  # joint Gauss-Newton step of a small model-frame similarity
-        jac = similarity_jacobian(pose_rows[0][verts], pose_rows[1])
-        n_pose = jac.shape[2]
-        phi = np.concatenate([phi, jac.astype(np.float32)], axis=2)
-        k = k_c + n_pose
+        jac = similarity_jacobian(pose_rows[0][verts], pose_rows[1]).astype(np.float32)  # (C, 3, 6|7)
     r = tgts - model.mean[verts]  # (C, 3)
     has_n = (np.linalg.norm(nrm, axis=1) > 0).astype(np.float64)
     a = point_to_plane * has_n  # (C,)
     w_pp = wts * (1.0 - a)
     w_pl = wts * a
-    # The point-to-point part costs 3x the point-to-plane one per row and carries less
-    # weight: it uses every ``stride``-th surface row (weights scaled to match), and all
-    # landmark rows.
+    # Normal equations as Gram matrices of weighted rows (S^T S: a symmetric product,
+    # half the work of a general one). The point-to-point part costs 3x the
+    # point-to-plane one per row and carries less weight: it uses every ``stride``-th
+    # surface row (weights scaled to match), and all landmark rows.
     n_surf = len(corr_vertex)
     stride = max(1, n_surf // pp_samples) if pp_samples else 1
     rows = np.concatenate([np.arange(0, n_surf, stride), np.arange(n_surf, len(verts))])
-    w_rows = w_pp[rows] * np.where(rows < n_surf, float(stride), 1.0)
-    pf = phi[rows].reshape(-1, k)
-    wpf = pf * np.repeat(w_rows, 3).astype(np.float32)[:, None]
-    A = (wpf.T @ pf).astype(np.float64)
-    b = wpf.T.astype(np.float64) @ r[rows].reshape(-1)
-    nphi = (nrm[:, :, None].astype(np.float32) * phi).sum(1)  # (C, k)
-    nr = (nrm * r).sum(1)
-    wn = nphi * w_pl.astype(np.float32)[:, None]
-    A += (wn.T @ nphi).astype(np.float64)
-    b += wn.T.astype(np.float64) @ nr
+    sw = np.sqrt(w_pp[rows] * np.where(rows < n_surf, float(stride), 1.0)).astype(np.float32)  # (R,)
+    sw3 = np.repeat(sw, 3)
+    y_pp = (r[rows].reshape(-1) * sw3).astype(np.float32)
+    s_pp = phi[rows].reshape(-1, k) * sw3[:, None]  # (3R, k)
+    n32 = nrm.astype(np.float32)
+    sq_pl = np.sqrt(w_pl).astype(np.float32)
+    s_pl = np.einsum("cdk,cd->ck", phi, n32) * sq_pl[:, None]  # (C, k) normal rows
+    y_pl = ((nrm * r).sum(1) * sq_pl).astype(np.float32)
+    blocks = [(s_pp, y_pp), (s_pl, y_pl)]
+    if jac is not None:
+        j_pp = jac[rows].reshape(-1, jac.shape[2]) * sw3[:, None]
+        j_pl = np.einsum("cdj,cd->cj", jac, n32) * sq_pl[:, None]
+        blocks = [(np.hstack([s_pp, j_pp]), y_pp), (np.hstack([s_pl, j_pl]), y_pl)]
+    A = sum((m.T @ m).astype(np.float64) for m, _ in blocks)  # S^T S: a symmetric product
+    b = sum((y @ m).astype(np.float64) for m, y in blocks)
+    k_c, k = k, A.shape[0]
     A[np.arange(k_c), np.arange(k_c)] += noise_var
-    if n_pose:  # no prior on the pose; a whisker of damping keeps the system regular
+    if k > k_c:  # no prior on the pose; a whisker of damping keeps the system regular
         A[np.arange(k_c, k), np.arange(k_c, k)] += 1e-9 * float(np.trace(A)) / k
     return np.linalg.solve(A, b)
 
@@ -195,8 +205,9 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 # linear rate; stepping past the solve roughly halves the iterations needed
                 c[:k] += config.overrelaxation * (c_new - c[:k])
             c[k:] = 0.0
-            x = model.instance(c)
-            pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane)
+            x = _instance(model, phi_all, c, k)
+            # after a joint shape-pose solve the pose needs only a touch (2 steps, not 3)
+            pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane, steps=2 if k else 3)
             history.append(med)
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
     converged = corr is not None and len(corr) >= 10
