@@ -231,6 +231,17 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
     assert np.isfinite(res.stddev_mm).all()
 
 
+def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generator):
+    """Landmarks all 40 mm off (another subject's, a wrong frame) agree with each other,
+    so RANSAC keeps them, but the surface wins: the fit is written and flagged."""
+    truth, raw = _case(generator, seed=5, units="mm")
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]] + np.array([0.0, 40.0, 0.0]))
+    res = fit(synth_model, (raw.vertices, raw.faces), landmarks=LandmarkPoints(pts, tuple(names)), units="mm")
+    assert not res.converged
+    assert "landmarks are" in res.message and "mm (median) from the fit" in res.message
+
+
 def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_path):
     from typer.testing import CliRunner
 

@@ -29,6 +29,8 @@ from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
 
+LANDMARK_FAIL_MM = 10.0  # median distance of the accepted landmarks that flags a fit as failed
+
 
 def _as_scan(scan) -> Scan:
     if isinstance(scan, Scan):
@@ -184,6 +186,12 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     message = "" if converged else (f"did not converge: median residual {final.residual_median_mm:.2f} mm "
                                     f"over {n_corr} correspondences, {explained:.0%} of the scan within "
                                     f"2.5 mm of the fit")
+    kept = [e for name, e in lm_err.items() if name not in rejected]
+    if converged and len(kept) >= 3 and np.median(kept) > LANDMARK_FAIL_MM:
+        # the surface fits, but not where the landmarks say: slid or flipped
+        converged = False
+        message = (f"did not converge: the landmarks are {np.median(kept):.1f} mm (median) from the fit; "
+                   f"check the landmark order and the scan")
     if units_per_mm is not None:
         units_name, estimated = units, False
     else:

@@ -45,7 +45,7 @@ class LandmarkPoints:
 
 
 def read_landmark_points(path: str | os.PathLike) -> LandmarkPoints:
-    """Read point landmarks from CSV / TXT, menpo LJSON or scalismo JSON."""
+    """Read point landmarks from CSV / TXT, menpo LJSON, menpo / ibug PTS or scalismo JSON."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "no such landmark file", "check the path")
@@ -59,7 +59,26 @@ def read_landmark_points(path: str | os.PathLike) -> LandmarkPoints:
             raise InputFileError(path, f"invalid JSON ({exc.msg} at line {exc.lineno})",
                                  "fix or re-export the landmark file") from exc
         return _from_json(data, path)
+    if "n_points" in text[:200] and "{" in text:  # menpo / ibug PTS
+        return _from_pts(text, path)
     return _from_csv(text, path)
+
+
+def _from_pts(text: str, path: Path) -> LandmarkPoints:
+    """menpo / ibug PTS: ``version``, ``n_points: L``, then ``{`` L rows of x y z ``}``."""
+    body = text[text.index("{") + 1:]
+    body = body[:body.index("}")] if "}" in body else body
+    rows = [ln.split() for ln in body.splitlines() if ln.strip()]
+    try:
+        pts = [[float(c) for c in r] for r in rows]
+    except ValueError as exc:
+        raise InputFileError(path, f"PTS rows are not numeric ({exc})", "fix or re-export the landmarks") from exc
+    header = text[:text.index("{")]
+    declared = [ln.split(":", 1)[1] for ln in header.splitlines() if ln.strip().startswith("n_points")]
+    if declared and declared[0].strip().isdigit() and int(declared[0]) != len(pts):
+        raise InputFileError(path, f"declares {int(declared[0])} points but holds {len(pts)}",
+                             "the file is truncated: re-export it")
+    return LandmarkPoints(_as_points(pts, path), None)
 
 
 def _from_json(data, path: Path) -> LandmarkPoints:

@@ -84,18 +84,39 @@ def _read_trimesh(path: Path) -> MeshData:
 
 
 def _read_xyz(path: Path) -> MeshData:
-    try:
-        arr = np.loadtxt(path, comments=("#", "//"), delimiter=None, ndmin=2)
-    except ValueError:
-        try:
-            arr = np.loadtxt(path, comments=("#", "//"), delimiter=",", ndmin=2)
-        except ValueError as exc:
-            raise InputFileError(path, f"cannot parse point rows ({exc})",
-                                 "expected x y z [nx ny nz] per line") from exc
-    if arr.shape[1] < 3:
+    """ASCII point rows: ``x y z``, ``x y z nx ny nz``, ``x y z r g b``, or Leica PTS
+    (a first line with the point count, then ``x y z intensity [r g b]``), separated by
+    spaces or commas. Columns 4-6 are taken as normals only where they are unit vectors."""
+    rows = _numeric_rows(path)
+    if rows.shape[1] < 3:
         raise InputFileError(path, "rows have fewer than 3 columns", "expected x y z [nx ny nz] per line")
-    normals = arr[:, 3:6] if arr.shape[1] >= 6 else None
-    return MeshData(arr[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals)
+    normals = None
+    if rows.shape[1] >= 6:
+        cand = rows[:, 3:6]
+        length = np.linalg.norm(cand, axis=1)
+        if np.isfinite(length).all() and np.median(np.abs(length - 1.0)) < 0.05:
+            normals = cand
+    return MeshData(rows[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals)
+
+
+def _numeric_rows(path: Path) -> np.ndarray:
+    """(P, C) float rows of an ASCII point file; a leading point-count line is skipped."""
+    text = path.read_text(encoding="utf-8", errors="replace").replace(",", " ")
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
+    if not lines:
+        raise InputFileError(path, "no point rows", "is the file empty?")
+    if len(lines[0].split()) == 1 and len(lines) > 1 and len(lines[1].split()) >= 3:
+        lines = lines[1:]  # Leica PTS: the point count
+    try:
+        return np.loadtxt(lines, dtype=np.float64, ndmin=2)
+    except ValueError:
+        pass
+    try:  # ragged rows (e.g. some with colours): the columns all rows have
+        rows = [[float(c) for c in ln.split()] for ln in lines]
+    except ValueError as exc:
+        raise InputFileError(path, f"cannot parse point rows ({exc})", "expected x y z [nx ny nz] per line") from exc
+    width = min(len(r) for r in rows)
+    return np.asarray([r[:width] for r in rows], dtype=np.float64)
 
 
 def _read_pcd(path: Path) -> MeshData:

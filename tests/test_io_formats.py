@@ -1,0 +1,57 @@
+"""Scan and landmark files as other tools write them: ASCII point clouds and PTS landmarks."""
+
+import numpy as np
+import pytest
+
+from ssm.errors import InputFileError
+from ssm.io.landmarks import read_landmark_points
+from ssm.io.meshes import read_mesh
+
+
+@pytest.fixture
+def points():
+    p = np.random.default_rng(0).normal(size=(40, 3)) * 50.0
+    return p, p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+def _write_rows(path, rows, sep=" ", head=""):
+    path.write_text(head + "\n".join(sep.join(f"{c:.6f}" for c in r) for r in rows) + "\n")
+
+
+def test_ascii_clouds_take_normals_only_when_they_are_unit_vectors(tmp_path, points):
+    p, n = points
+    rgb = np.random.default_rng(1).integers(0, 256, (len(p), 3)).astype(float)
+    _write_rows(tmp_path / "normals.xyz", np.hstack([p, n]))
+    _write_rows(tmp_path / "colours.xyz", np.hstack([p, rgb]))
+    _write_rows(tmp_path / "commas.txt", p, sep=",", head="# x,y,z\n")
+    with_n = read_mesh(tmp_path / "normals.xyz", allow_points=True)
+    np.testing.assert_allclose(with_n.vertices, p, atol=1e-5)
+    np.testing.assert_allclose(with_n.normals, n, atol=1e-5)
+    coloured = read_mesh(tmp_path / "colours.xyz", allow_points=True)
+    assert coloured.normals is None  # colours are not normals
+    np.testing.assert_allclose(coloured.vertices, p, atol=1e-5)
+    np.testing.assert_allclose(read_mesh(tmp_path / "commas.txt", allow_points=True).vertices, p, atol=1e-5)
+
+
+def test_leica_pts_cloud_skips_the_count_line(tmp_path, points):
+    p, _ = points
+    extra = np.random.default_rng(2).integers(0, 256, (len(p), 4)).astype(float)  # intensity r g b
+    _write_rows(tmp_path / "scan.pts", np.hstack([p, extra]), head=f"{len(p)}\n")
+    m = read_mesh(tmp_path / "scan.pts", allow_points=True)
+    assert m.vertices.shape == (len(p), 3) and m.normals is None
+    np.testing.assert_allclose(m.vertices, p, atol=1e-5)
+
+
+def test_pts_landmarks_read_and_bad_ones_are_named(tmp_path, points):
+    p, _ = points
+    body = "\n".join(" ".join(f"{c:.6f}" for c in r) for r in p)
+    (tmp_path / "lm.pts").write_text(f"version: 1\nn_points:  {len(p)}\n{{\n{body}\n}}\n")
+    lm = read_landmark_points(tmp_path / "lm.pts")
+    np.testing.assert_allclose(lm.points, p, atol=1e-5)
+    flat = "\n".join(" ".join(f"{c:.6f}" for c in r[:2]) for r in p)
+    (tmp_path / "flat.pts").write_text(f"version: 1\nn_points:  {len(p)}\n{{\n{flat}\n}}\n")
+    with pytest.raises(InputFileError, match="flat.pts.*2D"):
+        read_landmark_points(tmp_path / "flat.pts")
+    (tmp_path / "cut.pts").write_text(f"version: 1\nn_points:  {len(p) + 5}\n{{\n{body}\n}}\n")
+    with pytest.raises(InputFileError, match="cut.pts.*truncated"):
+        read_landmark_points(tmp_path / "cut.pts")
