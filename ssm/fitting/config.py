@@ -17,7 +17,8 @@ class FitConfig:
         auto_candidates : distinct hypotheses a short model fit chooses between.
     Rigid refinement
       rigid_iterations : similarity-only iterations before the model fit (the model fit
-        solves the pose again, jointly with the shape).
+        solves the pose again, jointly with the shape); twice as many after the automatic
+        search, whose start is rougher than a landmark one.
     Correspondences
       max_distance_mm : initial gate; later gates adapt to the residuals (k sigma) but
         never go below ``min_distance_mm``.

@@ -87,7 +87,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
         tgts = np.concatenate([tgts, lm[1]])
         wts = np.concatenate([wts, lm[2]])
         nrm = np.concatenate([nrm, np.zeros((len(lm[0]), 3))])  # landmarks: full 3D residual
-    phi = phi_all[verts][:, :, :k]  # (C, 3, k) float32 view for the big products
+    phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
     jac = None
     if pose_rows is not None:  # joint Gauss-Newton step of a small model-frame similarity
         jac = similarity_jacobian(pose_rows[0][verts], pose_rows[1]).astype(np.float32)  # (C, 3, 6|7)

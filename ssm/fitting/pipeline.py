@@ -139,7 +139,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()
     rigid_cfg = dataclasses.replace(cfg, component_schedule=(0,), prior_schedule=None,
-                                    iterations_per_level=cfg.rigid_iterations)
+                                    iterations_per_level=cfg.rigid_iterations * (1 if starts is None else 2))
     state, rep = fit_model(model, sc, sim, rigid_cfg, lms, lm_mask, fixed_scale)
     stages.append(dataclasses.replace(rep, name="rigid_refine", seconds=time.perf_counter() - t0))
 
