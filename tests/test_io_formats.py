@@ -23,7 +23,7 @@ def test_ascii_clouds_take_normals_only_when_they_are_unit_vectors(tmp_path, poi
     rgb = np.random.default_rng(1).integers(0, 256, (len(p), 3)).astype(float)
     _write_rows(tmp_path / "normals.xyz", np.hstack([p, n]))
     _write_rows(tmp_path / "colours.xyz", np.hstack([p, rgb]))
-    _write_rows(tmp_path / "commas.txt", p, sep=",", head="# x,y,z\n")
+    _write_rows(tmp_path / "commas.txt", p, sep=",", head="x,y,z\n")
     with_n = read_mesh(tmp_path / "normals.xyz", allow_points=True)
     np.testing.assert_allclose(with_n.vertices, p, atol=1e-5)
     np.testing.assert_allclose(with_n.normals, n, atol=1e-5)

@@ -86,7 +86,8 @@ def _read_trimesh(path: Path) -> MeshData:
 def _read_xyz(path: Path) -> MeshData:
     """ASCII point rows: ``x y z``, ``x y z nx ny nz``, ``x y z r g b``, or Leica PTS
     (a first line with the point count, then ``x y z intensity [r g b]``), separated by
-    spaces or commas. Columns 4-6 are taken as normals only where they are unit vectors."""
+    spaces or commas; a header row (``x y z ...``) is skipped. Columns 4-6 are taken as
+    normals only where they are unit vectors."""
     rows = _numeric_rows(path)
     if rows.shape[1] < 3:
         raise InputFileError(path, "rows have fewer than 3 columns", "expected x y z [nx ny nz] per line")
@@ -100,13 +101,13 @@ def _read_xyz(path: Path) -> MeshData:
 
 
 def _numeric_rows(path: Path) -> np.ndarray:
-    """(P, C) float rows of an ASCII point file; a leading point-count line is skipped."""
+    """(P, C) float rows of an ASCII point file; a leading count or header line is skipped."""
     text = path.read_text(encoding="utf-8", errors="replace").replace(",", " ")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
     if not lines:
         raise InputFileError(path, "no point rows", "is the file empty?")
-    if len(lines[0].split()) == 1 and len(lines) > 1 and len(lines[1].split()) >= 3:
-        lines = lines[1:]  # Leica PTS: the point count
+    if len(lines) > 1 and (len(lines[0].split()) == 1 or not _numbers(lines[0])) and _numbers(lines[1]):
+        lines = lines[1:]  # Leica PTS's point count, or a header row such as "x y z"
     try:
         return np.loadtxt(lines, dtype=np.float64, ndmin=2)
     except ValueError:
@@ -117,6 +118,14 @@ def _numeric_rows(path: Path) -> np.ndarray:
         raise InputFileError(path, f"cannot parse point rows ({exc})", "expected x y z [nx ny nz] per line") from exc
     width = min(len(r) for r in rows)
     return np.asarray([r[:width] for r in rows], dtype=np.float64)
+
+
+def _numbers(line: str) -> bool:
+    """The line holds at least three numbers (and nothing else)."""
+    try:
+        return len([float(c) for c in line.split()]) >= 3
+    except ValueError:
+        return False
 
 
 def _read_pcd(path: Path) -> MeshData:
