@@ -30,7 +30,8 @@ class FitConfig:
       prior_schedule : multiplier of the prior's weight at each level, stiff to soft
         (annealing); relaxing the prior, rather than only adding components, escapes the
         sliding local minima of a plain few-components-first schedule.
-      iterations_per_level : iterations at each schedule level.
+      iterations_per_level : iterations at each schedule level (one more without
+        landmarks, when nothing else holds the fit from sliding along the surface).
       solve_samples : correspondences used per coefficient solve (a fresh random subset
         each iteration; the cost of a solve grows with samples x K^2).
       vertex_samples : model vertices matched per model-fit iteration (a fresh random
@@ -65,7 +66,7 @@ class FitConfig:
     scan_samples: int = 8000
     component_schedule: tuple[int, ...] = (40, 80, 160, 100000, 100000)
     prior_schedule: tuple[float, ...] | None = (256.0, 64.0, 16.0, 4.0, 1.0)
-    iterations_per_level: int = 8
+    iterations_per_level: int = 7
     solve_samples: int = 4000
     vertex_samples: int | None = 6000
     point_to_plane: float = 0.7

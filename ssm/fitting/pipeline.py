@@ -143,8 +143,11 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     state, rep = fit_model(model, sc, sim, rigid_cfg, lms, lm_mask, fixed_scale)
     stages.append(dataclasses.replace(rep, name="rigid_refine", seconds=time.perf_counter() - t0))
 
-    # 4: model fit (all components, prior annealed from stiff to soft)
-    state, rep = fit_model(model, sc, state.pose, cfg, lms, lm_mask, fixed_scale, coeffs=state.coeffs)
+    # 4: model fit (all components, prior annealed from stiff to soft); without landmarks
+    # nothing pins the fit along the surface, and it takes one more iteration per level
+    fit_cfg = cfg if lms is not None and len(lms) >= 3 else dataclasses.replace(
+        cfg, iterations_per_level=cfg.iterations_per_level + 1)
+    state, rep = fit_model(model, sc, state.pose, fit_cfg, lms, lm_mask, fixed_scale, coeffs=state.coeffs)
     stages.append(rep)
     x_model = model.instance(state.coeffs)
 
