@@ -197,7 +197,7 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
-    preset: str = typer.Option("accurate", help="accurate | fast (about 1.5x faster with landmarks, "
+    preset: str = typer.Option("accurate", help="accurate | fast (about 1.3x faster with landmarks, "
                                                 "slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),

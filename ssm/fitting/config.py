@@ -84,7 +84,8 @@ class FitConfig:
     @classmethod
     def preset(cls, name: str) -> "FitConfig":
         """``accurate`` (the defaults) or ``fast``: fewer components and iterations, about
-        1.5x faster with landmarks for 0.03-0.05 mm (see benchmarks/bench_fitting.py)."""
+        1.3x faster with landmarks for up to 0.06 mm, 0.06-0.13 mm without (see
+        benchmarks/bench_fitting.py)."""
         if name == "accurate":
             return cls()
         if name == "fast":
