@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fitting import ROOT, load_ict_or_skip, train_model  # noqa: E402
+from bench_fitting import ROOT, face_error, load_ict_or_skip, train_model  # noqa: E402
 
 # name -> (make_raw_scan keywords, landmarks "68" | "none", scan edit)
 VARIANTS = {
@@ -87,7 +87,7 @@ def main() -> None:
             truth, scan, lm, back = make_variant(ict, seed, raw_kw, edit)
             t = time.perf_counter()
             res = fit(model, scan, landmarks=None if lmk == "none" else lm)
-            err = float(np.linalg.norm(back.apply(res.vertices) - truth, axis=1)[: ict.narrow_face].mean())
+            err = face_error(ict, back, truth, res.vertices)
             rows.append({"variant": name, "seed": seed, "error_mm": err, "seconds": time.perf_counter() - t,
                          "converged": res.converged, "units": res.units})
         print(f"  {name} done", flush=True)

@@ -180,6 +180,36 @@ def test_point_cloud_borders_and_normal_sides():
     assert up.tree is sc.tree
 
 
+def test_matching_over_a_scan_subset_keeps_every_border_point(monkeypatch):
+    """Scans over MATCH_POINTS are matched over a random subset that holds all border
+    points: matched targets are real scan points, and vertices beyond the edge still
+    land on the border and are rejected."""
+    from scipy.spatial import cKDTree
+
+    from ssm.fitting import scan as scan_module
+    from ssm.fitting.correspondence import find_correspondences
+    from ssm.fitting.scan import scan_from_arrays
+
+    g = np.stack(np.meshgrid(np.arange(60.0), np.arange(60.0)), -1).reshape(-1, 2)
+    pts = np.column_stack([g, np.zeros(len(g))])
+    i = (np.arange(59)[:, None] * 60 + np.arange(59)[None]).ravel()
+    faces = np.concatenate([np.stack([i, i + 1, i + 60], 1), np.stack([i + 1, i + 61, i + 60], 1)])
+    monkeypatch.setattr(scan_module, "MATCH_POINTS", 1000)
+    sc = scan_from_arrays(pts, faces)
+    _, idx = sc.match_tree
+    assert len(idx) == 1000 and np.isin(np.flatnonzero(sc.boundary), idx).all()
+    inside = np.column_stack([np.random.default_rng(0).uniform(5, 54, (200, 2)), np.full(200, 0.3)])
+    beyond = np.column_stack([np.full(20, 62.0), np.linspace(5, 54, 20), np.zeros(20)])
+    verts = np.concatenate([inside, beyond])
+    normals = np.tile(sc.normals[np.flatnonzero(~sc.boundary)[0]], (len(verts), 1))
+    corr = find_correspondences(verts, normals, sc, 1.0, 5.0, 0.3, 0, np.random.default_rng(0))
+    assert set(corr.vertex) <= set(range(200)) and len(corr) > 190  # none beyond the edge
+    nearest, _ = sc.tree.query(corr.target)
+    np.testing.assert_allclose(nearest, 0.0, atol=1e-12)  # real scan points (index mapping)
+    subset_d, _ = cKDTree(sc.points[idx]).query(verts[corr.vertex])  # searched over the subset only
+    np.testing.assert_allclose(corr.distance_mm, subset_d, atol=1e-12)
+
+
 def test_landmark_ransac_ignores_a_wrong_landmark():
     rng = np.random.default_rng(1)
     model_pts = rng.normal(size=(10, 3)) * 40
@@ -233,7 +263,7 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
 
 def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generator):
     """Landmarks all 40 mm off (another subject's, a wrong frame) agree with each other,
-    so RANSAC keeps them, but the surface wins: the fit is written and flagged."""
+    so RANSAC keeps them, but the surface wins: the fit is returned, flagged."""
     truth, raw = _case(generator, seed=5, units="mm")
     names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
     pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]] + np.array([0.0, 40.0, 0.0]))

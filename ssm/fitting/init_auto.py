@@ -25,6 +25,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.scan import Scan, scan_explained
 from ssm.fitting.stage import StageReport
+from ssm.geometry.mesh_ops import component_labels
 from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_steps
 from ssm.io.units import HEAD_DIAGONAL_MM
 from ssm.models.shape_model import ShapeModel
@@ -166,16 +167,11 @@ def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) 
     Empty when one cluster holds (nearly) everything: the usual scan of just a head.
     Points link when closer than 4x the sample's median nearest-neighbour distance.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if len(p) < 20:
         return []
     tree = cKDTree(p)
     d, _ = tree.query(p, k=2)
-    pairs = tree.query_pairs(4.0 * float(np.median(d[:, 1])), output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(p), len(p)))
-    _, labels = connected_components(graph, directed=False)
+    labels = component_labels(len(p), tree.query_pairs(4.0 * float(np.median(d[:, 1])), output_type="ndarray"))
     counts = np.bincount(labels)
     if counts.max() >= 0.9 * len(p):
         return []

@@ -116,7 +116,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
         j_pp = jac[rows].reshape(-1, jac.shape[2]) * sw3[:, None]
         j_pl = np.einsum("cdj,cd->cj", jac, n32) * sq_pl[:, None]
         blocks = [(np.hstack([s_pp, j_pp]), y_pp), (np.hstack([s_pl, j_pl]), y_pl)]
-    A = sum((m.T @ m).astype(np.float64) for m, _ in blocks)  # S^T S: a symmetric product
+    A = sum((m.T @ m).astype(np.float64) for m, _ in blocks)
     b = sum((y @ m).astype(np.float64) for m, y in blocks)
     k_c, k = k, A.shape[0]
     A[np.arange(k_c), np.arange(k_c)] += noise_var

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ssm.errors import InputFileError
-from ssm.geometry.mesh_ops import boundary_vertices, vertex_normals
+from ssm.geometry.mesh_ops import boundary_vertices, component_labels, vertex_normals
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
@@ -160,7 +160,7 @@ def orient_normals(scan: Scan, ref_points: np.ndarray, ref_normals: np.ndarray, 
         flip = np.where(np.einsum("pd,pkd->p", scan.normals, ref_normals[j]) < 0, -1.0, 1.0)
         faces = scan.faces
     out = Scan(scan.points, faces, scan.normals * flip[:, None], True, scan.boundary, scan.path)
-    for cached in ("_tree", "_match_tree"):  # same points, same trees
+    for cached in ("_tree", "_match_tree", "_matchable"):  # same points and normal support
         if cached in scan.__dict__:
             object.__setattr__(out, cached, scan.__dict__[cached])
     return out
@@ -184,12 +184,7 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
 
 def _pieces(n_points: int, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P,) connected-piece label of each point and (pieces,) point count of each piece."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n_points, n_points))
-    _, label = connected_components(graph, directed=False)
+    label = component_labels(n_points, np.concatenate([f[:, [0, 1]], f[:, [1, 2]]]))
     return label, np.bincount(label)
 
 
@@ -272,7 +267,7 @@ def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | N
     A fit that slid onto the wrong part of the head matches its own correspondences
     well but explains little of the scan: this is the convergence check that sees it.
     """
-    idx = np.flatnonzero(np.linalg.norm(scan.normals, axis=1) > 0)
+    idx = scan.matchable
     if not len(idx):
         idx = np.arange(len(scan.points))
     idx = np.random.default_rng(0).choice(idx, min(samples, len(idx)), replace=False)

@@ -56,6 +56,16 @@ def boundary_vertices(faces: np.ndarray, n_vertices: int) -> np.ndarray:
     return out
 
 
+def component_labels(n_points: int, pairs: np.ndarray) -> np.ndarray:
+    """(P,) label of the connected component of each point of the graph whose edges are
+    ``pairs`` (E, 2) int (mesh edges, or neighbour pairs of a point set)."""
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_points, n_points))
+    return connected_components(graph, directed=False)[1]
+
+
 def uniform_laplacian(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
     """(N, N) graph Laplacian ``D - A`` of the mesh edges (symmetric, PSD)."""
     e = edges(faces)
