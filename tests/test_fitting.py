@@ -351,6 +351,29 @@ def test_ict_heldout_targets(ict_model, views, landmarks, limit):
 
 
 @pytest.mark.slow
+def test_ict_expression_landmark_warp(ict_model):
+    """An expression the identity model does not span, 68 landmarks: the landmark warp
+    (refit without the warped region, landmarks kept there in NICP) beats the plain fit
+    by a clear margin (the issue's 0.8 mm is not reached: see the README)."""
+    import dataclasses
+
+    from ssm.demo.ict_cases import heldout_case
+
+    ict, model = ict_model
+    case = heldout_case(ict, 0, views="frontal", landmarks="68", expression=True)
+    errs = {}
+    for on in (True, False):
+        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
+                  config=dataclasses.replace(FitConfig(), landmark_warp=on))
+        est = case.scan.to_scan.inverse().apply(res.vertices)
+        errs[on] = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face].mean()
+        if on:
+            warp = next(st for st in res.stages if st.name == "landmark_warp")
+            assert warp.extra["refit"] and 0.05 < warp.extra["region_fraction"] < 0.3
+    assert errs[True] < 0.85 * errs[False] and errs[True] < 1.45, errs
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,landmarks", [("james.ply", "james_landmarks68.csv"),
                                             ("humface.ply", "humface_landmarks7.csv"),
                                             ("lee_perry_smith.ply", None)])

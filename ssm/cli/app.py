@@ -197,6 +197,8 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
+    landmark_warp: bool = typer.Option(True, help="With 20+ landmarks, follow them where they agree the model "
+                                                  "fit is off (an expression an identity model does not span)."),
     preset: str = typer.Option("accurate", help="accurate | fast (about 1.3x faster with landmarks, "
                                                 "slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
@@ -218,7 +220,7 @@ def fit(
 
     _setup_logging(verbose)
     m = load_model(model)
-    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp)
+    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp, landmark_warp=landmark_warp)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

@@ -40,6 +40,11 @@ class FitConfig:
       overrelaxation : each solve's step on the coefficients is scaled by this (1 = plain
         alternation); closest-point iterations converge linearly, and 1.6 reaches a given
         error in fewer iterations (benchmarks/bench_fitting.py).
+    Landmark warp (with at least 20 landmarks; :mod:`ssm.fitting.landmark_warp`)
+      landmark_warp : correct the model fit where the landmarks agree that it is off
+        (an expression an identity model does not span); warp_region_mm : a warp larger
+        than this marks the region the model is refitted without, and where NICP keeps
+        the landmarks at its soft levels.
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
         mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
@@ -71,6 +76,8 @@ class FitConfig:
     vertex_samples: int | None = 6000
     point_to_plane: float = 0.7
     overrelaxation: float = 1.6
+    landmark_warp: bool = True
+    warp_region_mm: float = 1.0
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
     nicp_iterations: int = 1

@@ -8,7 +8,8 @@ same border, distance and normal rejection as the model fit::
     min_D  sum_i w_i ||x_i + d_i - y_i||^2 + alpha tr(D^T L D) + beta ||D||^2
 
 ``L`` is the mesh graph Laplacian (membrane stiffness), ``beta`` pulls towards the model
-fit where the scan says nothing, and landmarks join as heavy terms at the stiff levels.
+fit where the scan says nothing, and landmarks join as heavy terms at the stiff levels
+(at every level inside the landmark warp's region, :mod:`ssm.fitting.landmark_warp`).
 The targets ``y_i`` are the feet of the current vertices on the scan's tangent planes
 (point-to-plane, :func:`plane_targets`): a free-form fit would otherwise slide along
 the surface, which the surface distance does not see but the correspondence does.
@@ -39,8 +40,13 @@ from ssm.models.shape_model import ShapeModel
 
 def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config: FitConfig,
          landmarks: MatchedLandmarks | None = None, landmark_mask: np.ndarray | None = None,
-         start_corr=None) -> tuple[np.ndarray, StageReport]:
-    """Refine the model fit ``x0`` (N, 3) model frame; returns the refined (N, 3) and report."""
+         start_corr=None, landmark_region: np.ndarray | None = None) -> tuple[np.ndarray, StageReport]:
+    """Refine the model fit ``x0`` (N, 3) model frame; returns the refined (N, 3) and report.
+
+    landmark_region : (N,) bool, vertices where the model fit is known not to hold (the
+        landmark warp's region): their landmarks stay in at the soft levels too, since
+        closest points there only constrain the normal direction.
+    """
     t0 = time.perf_counter()
     if model.triangles is None:
         return x0, StageReport("nicp", 0.0, float("nan"), float("nan"), 0, True, {"skipped": "no triangles"})
@@ -71,10 +77,13 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             y = plane_targets(x[corr.vertex], inv.apply(corr.target), corr.normal @ pose.rotation,
                               config.nicp_point_to_plane)
             rhs[corr.vertex] = corr.weight[:, None] * (y - x0[corr.vertex])
-            if lm_v is not None and li < len(levels) // 2:
+            if lm_v is not None:  # all landmarks at the stiff levels, the region's at all
+                on = np.full(len(lm_v), li < len(levels) // 2)
+                if landmark_region is not None:
+                    on |= landmark_region[lm_v]
                 lw = landmark_boost(len(corr))
-                np.add.at(w, lm_v, lw)
-                np.add.at(rhs, lm_v, lw * (lm_y - x0[lm_v]))
+                np.add.at(w, lm_v[on], lw)
+                np.add.at(rhs, lm_v[on], lw * (lm_y[on] - x0[lm_v[on]]))
             wmean = float(corr.weight.mean())
             a = (sp.diags(w + config.nicp_model_weight * wmean) + alpha * wmean * lap).tocsc()
             # symmetric positive definite: a symmetric ordering, no pivoting (less fill)

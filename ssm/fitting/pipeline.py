@@ -15,6 +15,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.init_auto import auto_similarity, select_start
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
+from ssm.fitting.landmark_warp import warp_stage
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
@@ -151,10 +152,18 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     stages.append(rep)
     x_model = model.instance(state.coeffs)
 
+    # 4b: where many landmarks agree that the fit is off (an expression in front of an
+    # identity model), warp it there and refit the model without that region
+    x_start, region = x_model, None
+    if cfg.landmark_warp and lms is not None:
+        state, x_model, x_start, region, rep = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale)
+        if rep is not None:
+            stages.append(rep)
+
     # 5: non-rigid ICP
-    x = x_model
+    x = x_start
     if cfg.nicp:
-        x, rep = nicp(model, sc, state.pose, x_model, cfg, lms, lm_mask, state.correspondences)
+        x, rep = nicp(model, sc, state.pose, x_start, cfg, lms, lm_mask, state.correspondences, region)
         stages.append(rep)
 
     # 6: pose refinement with the final shape
