@@ -39,6 +39,11 @@ def test_smooth_systematic_residuals_are_recovered_where_they_are():
         warp = landmark_warp(lm, _bump(lm) + rng.normal(0, 1.5, lm.shape), verts)
         err = np.linalg.norm(warp.field - truth, axis=1)
         assert err[big].mean() < 0.35 * np.linalg.norm(truth[big], axis=1).mean()  # most of the 4 mm drop
+        # posterior variance: below the prior's (3 a^2) among the landmarks, the prior's far away
+        prior = 3.0 * warp.amplitude_mm ** 2
+        assert warp.variance[big].max() < 0.5 * prior
+        far_away = landmark_warp(lm, _bump(lm) + rng.normal(0, 1.5, lm.shape), np.array([[0.0, 0.0, 500.0]]))
+        assert np.isclose(far_away.variance[0], 3.0 * far_away.amplitude_mm ** 2, rtol=1e-6)
         # where the landmarks agree with the fit: under their own noise (2.4 mm in 3D);
         # the amplitude is one for the whole face, so some of the noise is followed there
         assert warp.magnitude[far].mean() < 1.5

@@ -54,10 +54,12 @@ WARP_REFIT_FRACTION = (0.01, 0.3)
 
 @dataclass(frozen=True)
 class LandmarkWarp:
-    """field : (N, 3) correction (model frame, mm); noise_mm, amplitude_mm, length_mm :
-    the chosen GP hyper-parameters (per axis)."""
+    """field : (N, 3) correction (model frame, mm), the GP posterior mean; variance : (N,)
+    its posterior variance summed over the 3 axes, mm^2; noise_mm, amplitude_mm,
+    length_mm : the chosen GP hyper-parameters (per axis)."""
 
     field: np.ndarray
+    variance: np.ndarray
     noise_mm: float
     amplitude_mm: float
     length_mm: float
@@ -99,18 +101,41 @@ def landmark_warp(points: np.ndarray, residuals: np.ndarray, vertices: np.ndarra
             best = (float(ll[i, j]), float(amps2[i]), float(noises[j]), length)
     _, a2, s, length = best
     kernel = a2 * np.exp(-0.5 * d2 / length ** 2)
-    alpha = np.linalg.solve(kernel + s ** 2 * np.eye(n_lm), r)  # (L, 3)
+    k_inv = np.linalg.inv(kernel + s ** 2 * np.eye(n_lm))
+    alpha = k_inv @ r  # (L, 3)
     v = np.asarray(vertices, np.float64)
     field = np.zeros_like(v)
+    var = np.zeros(len(v))
     for start in range(0, len(v), 20000):  # (chunk, L) kernel rows
-        blk = v[start:start + 20000]
-        k = a2 * np.exp(-0.5 * ((blk[:, None] - p[None]) ** 2).sum(-1) / length ** 2)
-        field[start:start + 20000] = k @ alpha
-    return LandmarkWarp(field, s, float(np.sqrt(a2)), length)
+        blk = slice(start, start + 20000)
+        k = a2 * np.exp(-0.5 * ((v[blk, None] - p[None]) ** 2).sum(-1) / length ** 2)
+        field[blk] = k @ alpha
+        var[blk] = 3.0 * np.clip(a2 - ((k @ k_inv) * k).sum(1), 0.0, None)
+    return LandmarkWarp(field, var, s, float(np.sqrt(a2)), length)
+
+
+@dataclass(frozen=True)
+class WarpOutcome:
+    """What stage 4b hands on (model frame, mm).
+
+    state : the model fit (refitted without the region when that was done);
+    x_model : (N, 3) its instance; start : (N, 3) the start of non-rigid ICP (the
+    instance plus the applied warp); region : (N,) bool where the applied warp exceeds
+    ``warp_region_mm``, or None; variance : (N,) the warp's posterior variance (mm^2,
+    3D) inside the region, 0 elsewhere, or None; report : the stage's, or None with too
+    few landmarks.
+    """
+
+    state: ModelFitState
+    x_model: np.ndarray
+    start: np.ndarray
+    region: np.ndarray | None = None
+    variance: np.ndarray | None = None
+    report: StageReport | None = None
 
 
 def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, lms: MatchedLandmarks,
-               lm_mask: np.ndarray | None, fixed_scale: float | None):
+               lm_mask: np.ndarray | None, fixed_scale: float | None) -> WarpOutcome:
     """Stage 4b of ``ssm.fit``: the landmark warp after the model fit ``state``.
 
     When the warp exceeds ``cfg.warp_region_mm`` over 1-30 % of the vertices
@@ -118,10 +143,6 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     region's correspondences and landmarks, so that it stops bending to explain what it
     does not span, and the warp is recomputed for the new fit. Over more than 30 % the
     warp is reported but not applied.
-
-    Returns (state, model instance (N, 3), start for NICP (N, 3), region (N,) bool where
-    the applied warp exceeds ``warp_region_mm`` or None, report or None with too few
-    landmarks). Shapes in the model frame, mm.
     """
     t0 = time.perf_counter()
     keep = np.ones(len(lms), bool) if lm_mask is None else lm_mask
@@ -133,7 +154,7 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
 
     x, warp = warp_of(state)
     if warp is None:
-        return state, x, x, None, None
+        return WarpOutcome(state, x, x)
     region = warp.magnitude > cfg.warp_region_mm
     share = float(region.mean())
     applied = share <= WARP_REFIT_FRACTION[1]
@@ -152,5 +173,5 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     if not applied:
         log.info("landmark warp not applied: the landmarks disagree with the model fit over %.0f%% of the "
                  "vertices (their definitions differ from the model's?)", 100 * share)
-        return state, x, x, None, rep
-    return state, x, x + warp.field, region, rep
+        return WarpOutcome(state, x, x, report=rep)
+    return WarpOutcome(state, x, x + warp.field, region, np.where(region, warp.variance, 0.0), rep)

@@ -15,7 +15,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.init_auto import auto_similarity, select_start
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
-from ssm.fitting.landmark_warp import warp_stage
+from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
 from ssm.fitting.result import FitResult
@@ -154,16 +154,17 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
 
     # 4b: where many landmarks agree that the fit is off (an expression in front of an
     # identity model), warp it there and refit the model without that region
-    x_start, region = x_model, None
+    warp = WarpOutcome(state, x_model, x_model)
     if cfg.landmark_warp and lms is not None:
-        state, x_model, x_start, region, rep = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale)
-        if rep is not None:
-            stages.append(rep)
+        warp = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale)
+        state, x_model = warp.state, warp.x_model
+        if warp.report is not None:
+            stages.append(warp.report)
 
     # 5: non-rigid ICP
-    x = x_start
+    x = warp.start
     if cfg.nicp:
-        x, rep = nicp(model, sc, state.pose, x_start, cfg, lms, lm_mask, state.correspondences, region)
+        x, rep = nicp(model, sc, state.pose, warp.start, cfg, lms, lm_mask, state.correspondences, warp.region)
         stages.append(rep)
 
     # 6: pose refinement with the final shape
@@ -171,6 +172,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     stages.append(rep)
     t0 = time.perf_counter()
     stddev = fit_stddev(model, final_corr, pose, x_model, x, cfg.uncertainty_correlation)
+    if warp.variance is not None:  # where the model does not hold, the landmarks' GP says how well
+        stddev = np.sqrt(stddev ** 2 + warp.variance)
     stages.append(StageReport("uncertainty", time.perf_counter() - t0, float("nan"), float("nan"),
                               0 if final_corr is None else len(final_corr),
                               extra={"stddev_median_mm": float(np.nanmedian(stddev))}))
