@@ -38,7 +38,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState, fit_model
 from ssm.fitting.scan import Scan
-from ssm.fitting.stage import StageReport
+from ssm.fitting.stage import StageReport, residual_stats
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,11 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     extra = {"noise_mm": round(warp.noise_mm, 4), "amplitude_mm": round(warp.amplitude_mm, 4),
              "length_mm": warp.length_mm, "max_mm": round(float(warp.magnitude.max()), 4),
              "region_fraction": round(float(region.mean()), 4), "refit": refit, "applied": applied}
-    rep = StageReport("landmark_warp", time.perf_counter() - t0, float("nan"), float("nan"), int(keep.sum()),
-                      extra=extra)
+    # residuals: the accepted landmarks' distances to the warped fit (to the fit when not applied)
+    lm_v = lms.vertex[keep]
+    moved = x[lm_v] + (warp.field[lm_v] if applied else 0.0)
+    mean, med = residual_stats(np.linalg.norm(state.pose.inverse().apply(lms.points[keep]) - moved, axis=1))
+    rep = StageReport("landmark_warp", time.perf_counter() - t0, mean, med, int(keep.sum()), extra=extra)
     if not applied:
         log.info("landmark warp not applied: the landmarks disagree with the model fit over %.0f%% of the "
                  "vertices (their definitions differ from the model's?)", 100 * share)
