@@ -1,4 +1,5 @@
-"""Scan and landmark files as other tools write them: ASCII point clouds and PTS landmarks."""
+"""Scan and landmark files as other tools write them: ASCII point clouds, STL meshes and PTS
+landmarks."""
 
 import numpy as np
 import pytest
@@ -55,3 +56,38 @@ def test_pts_landmarks_read_and_bad_ones_are_named(tmp_path, points):
     (tmp_path / "cut.pts").write_text(f"version: 1\nn_points:  {len(p) + 5}\n{{\n{body}\n}}\n")
     with pytest.raises(InputFileError, match="cut.pts.*truncated"):
         read_landmark_points(tmp_path / "cut.pts")
+
+
+def test_weld_vertices_keeps_first_order_and_signed_zeros_meet():
+    from ssm.geometry.mesh_ops import weld_vertices
+
+    v = np.array([[1.0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1], [0.0, -0.0, 1.0]])
+    kept, new = weld_vertices(v)
+    np.testing.assert_array_equal(kept, [0, 1, 3])
+    np.testing.assert_array_equal(new, [0, 1, 0, 2, 2])
+    same, ident = weld_vertices(v[:2])
+    np.testing.assert_array_equal(same, [0, 1])
+    np.testing.assert_array_equal(ident, [0, 1])
+
+
+@pytest.mark.parametrize("kind", ["stl", "stl_ascii"])
+def test_stl_scans_are_welded_so_only_real_borders_are_borders(tmp_path, kind):
+    """STL repeats every triangle's corners: unwelded, every vertex would be a border
+    and model -> scan matches would all be dropped."""
+    import trimesh
+
+    from ssm.fitting.scan import load_scan
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=80.0)
+    cap = sphere.vertices[:, 2] > -40.0  # a cap: a surface with one real border
+    faces = sphere.faces[cap[sphere.faces].all(1)]
+    mesh = trimesh.Trimesh(sphere.vertices, faces, process=False)
+    mesh.remove_unreferenced_vertices()
+    path = tmp_path / "cap.stl"
+    mesh.export(path, file_type=kind)
+    scan = load_scan(path)
+    assert len(scan.points) == len(mesh.vertices)  # one point per corner, not three per face
+    assert len(scan.faces) == len(mesh.faces)
+    mesh.export(tmp_path / "cap.ply")  # shared corners: the reference
+    truth = load_scan(tmp_path / "cap.ply")
+    assert scan.boundary.sum() == truth.boundary.sum() > 0

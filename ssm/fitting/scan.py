@@ -10,7 +10,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ssm.errors import InputFileError
-from ssm.geometry.mesh_ops import boundary_vertices, component_labels, vertex_normals
+from ssm.geometry.mesh_ops import boundary_vertices, component_labels, vertex_normals, weld_vertices
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
@@ -103,6 +103,11 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         f = f[(f >= 0).all(axis=1)]
         if normals is not None:
             normals = np.asarray(normals)[finite]
+    if len(f):  # one vertex per position: STL and seam-split meshes repeat corners per face
+        kept, new_index = weld_vertices(p)
+        if len(kept) < len(p):
+            p, f = p[kept], new_index[f]
+            normals = None if normals is None else np.asarray(normals)[kept]
     if np.linalg.norm(np.ptp(p, axis=0)) <= 0:
         raise InputFileError(path, "all points coincide", "the scan is degenerate")
     if len(f):
