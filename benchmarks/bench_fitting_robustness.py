@@ -2,8 +2,8 @@
 
 Same model and held-out ICT subjects as ``bench_fitting.py`` (frontal scan, 0.3 mm
 noise, 0.8 mm sampling, 3 holes, 1 % outliers, 68 landmarks with 1.5 mm noise, random
-rigid pose), then one thing changed at a time: a point cloud instead of a mesh, more
-noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
+rigid pose), then one thing changed at a time: a point cloud instead of a mesh (with
+or without the normals a scanner writes; 68, 7 or no landmarks), more noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
 written with inverted winding, a wall behind the head. Scored: mean per-vertex
 correspondence error on the narrow face (mm) and wall time, next to the standard case.
 
@@ -24,12 +24,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fitting import ROOT, face_error, load_ict_or_skip, train_model  # noqa: E402
 
-# name -> (make_raw_scan keywords, landmarks "68" | "none", scan edit)
+# name -> (make_raw_scan keywords, landmarks "68" | "7" | "none", scan edit)
 VARIANTS = {
     "standard (mesh, 68 landmarks)": ({}, "68", None),
     "standard, no landmarks": ({}, "none", None),
     "point cloud, 68 landmarks": ({}, "68", "cloud"),
     "point cloud, no landmarks": ({}, "none", "cloud"),
+    "point cloud, 7 landmarks": ({}, "7", "cloud"),
+    "point cloud with the scanner's normals, 7 landmarks": ({}, "7", "cloud+normals"),
+    "point cloud with the scanner's normals, no landmarks": ({}, "none", "cloud+normals"),
     "noise 1.0 mm": ({"noise_mm": 1.0}, "68", None),
     "outliers 5 %": ({"outlier_fraction": 0.05}, "68", None),
     "units m": ({"units": "m"}, "68", None),
@@ -66,6 +69,10 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
         faces = np.concatenate([faces, Delaunay(g).simplices + len(verts)])
         verts = np.concatenate([verts, wall])
     scan = verts if edit == "cloud" else (verts, faces)
+    if edit == "cloud+normals":  # as a scanner writes them: its range mesh's vertex normals
+        from ssm.geometry.mesh_ops import vertex_normals
+
+        scan = (verts, None, vertex_normals(verts, faces))
     return truth, scan, raw.to_scan.apply(lm_mm), raw.to_scan.inverse()
 
 
@@ -86,6 +93,10 @@ def main() -> None:
         for seed in range(args.seeds):
             truth, scan, lm, back = make_variant(ict, seed, raw_kw, edit)
             t = time.perf_counter()
+            if lmk == "7":  # eye corners, nose tip, mouth corners; the rest missing
+                from ssm.demo.ict_cases import IBUG7
+
+                lm = np.where(np.isin(np.arange(len(lm)), IBUG7)[:, None], lm, np.nan)
             res = fit(model, scan, landmarks=None if lmk == "none" else lm)
             err = face_error(ict, back, truth, res.vertices)
             rows.append({"variant": name, "seed": seed, "error_mm": err, "seconds": time.perf_counter() - t,

@@ -91,3 +91,32 @@ def test_stl_scans_are_welded_so_only_real_borders_are_borders(tmp_path, kind):
     mesh.export(tmp_path / "cap.ply")  # shared corners: the reference
     truth = load_scan(tmp_path / "cap.ply")
     assert scan.boundary.sum() == truth.boundary.sum() > 0
+
+
+@pytest.mark.parametrize("ascii_", [False, True])
+def test_ply_point_cloud_normals_are_read_and_used(tmp_path, points, ascii_):
+    """Scanners write normals facing the sensor: they are kept (and the cloud counts as
+    oriented) even when a few points (stray ones) have none."""
+    import open3d as o3d
+
+    from ssm.fitting.scan import load_scan
+
+    p, n = points
+    n = n.copy()
+    n[0] = 0.0  # a point without a normal
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+    pc.normals = o3d.utility.Vector3dVector(n)
+    path = tmp_path / "cloud.ply"
+    o3d.io.write_point_cloud(str(path), pc, write_ascii=ascii_)
+    data = read_mesh(path, allow_points=True)
+    np.testing.assert_allclose(data.normals, n, atol=1e-5)
+    big = np.vstack([p * (1 + 0.01 * i) for i in range(3)])  # 120 points, 3 of them without a normal
+    nb = np.vstack([n] * 3)
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(big))
+    pc.normals = o3d.utility.Vector3dVector(nb)
+    o3d.io.write_point_cloud(str(path), pc, write_ascii=ascii_)
+    scan = load_scan(path, clean=False)
+    assert scan.oriented
+    has = np.linalg.norm(nb, axis=1) > 0
+    np.testing.assert_allclose(scan.normals[has], nb[has], atol=1e-5)
+    assert np.allclose(np.linalg.norm(scan.normals, axis=1), 1.0)  # the missing ones estimated

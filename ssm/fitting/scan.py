@@ -172,14 +172,35 @@ def orient_normals(scan: Scan, ref_points: np.ndarray, ref_normals: np.ndarray, 
 
 
 def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.ndarray, bool]:
-    if normals is not None and np.isfinite(normals).all():
-        nn = np.linalg.norm(normals, axis=1, keepdims=True)
-        return np.divide(normals, nn, out=np.zeros_like(normals), where=nn > 0), True
+    """(P, 3) unit normals of a point cloud and whether they are oriented.
+
+    The file's normals are used where they exist (most scanners write them, facing the
+    sensor); points whose normal is zero or NaN (often the stray ones) take an estimate
+    turned towards their nearest given neighbour's. With fewer than half given, all are
+    estimated (PCA of 16 neighbours, turned away from the centroid; unoriented).
+    """
+    given = valid = None
+    if normals is not None:
+        nrm = np.asarray(normals, dtype=np.float64)
+        nn = np.linalg.norm(nrm, axis=1)
+        valid = np.isfinite(nn) & (nn > 1e-6)
+        if valid.mean() >= 0.5:
+            given = np.zeros_like(nrm)
+            given[valid] = nrm[valid] / nn[valid, None]
+            if valid.all():
+                return given, True
     import open3d as o3d
 
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(16))
     n = np.asarray(pcd.normals).copy()
+    if given is not None:
+        have = np.flatnonzero(valid)
+        _, j = cKDTree(p[have]).query(p[~valid])
+        est = n[~valid]
+        est[(est * given[have[j]]).sum(1) < 0] *= -1
+        given[~valid] = est
+        return given, True
     # orient away from the centroid: right for most single-surface scans, and the
     # matching uses |cos| for unoriented normals anyway
     flip = ((p - p.mean(0)) * n).sum(1) < 0

@@ -80,7 +80,16 @@ def _read_trimesh(path: Path) -> MeshData:
             loaded = trimesh.util.concatenate(geoms)
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-    return MeshData(vertices, faces, None)
+    normals = None
+    if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
+        raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
+        # binary PLY: a structured array; ASCII PLY: a dict of columns
+        names = tuple(raw) if isinstance(raw, dict) else (getattr(getattr(raw, "dtype", None), "names", None) or ())
+        if all(c in names for c in ("nx", "ny", "nz")):
+            cols = [np.asarray(raw[c], dtype=np.float64).ravel() for c in ("nx", "ny", "nz")]
+            if all(len(c) == len(vertices) for c in cols):
+                normals = np.column_stack(cols)
+    return MeshData(vertices, faces, normals)
 
 
 def _read_xyz(path: Path) -> MeshData:
