@@ -23,7 +23,7 @@ model fit, so the identity stops bending to explain what it does not span; the w
 that fit is the start of non-rigid ICP, which refines it along the scan normals and keeps
 the region's landmarks at its soft levels. On held-out ICT subjects with an expression
 and 68 landmarks (``benchmarks/bench_fitting.py``) this takes the narrow-face error from
-1.77 to 1.38 mm (10 subjects); neutral scans fit as before.
+1.83 to 1.39 mm (10 subjects); neutral scans fit as before.
 """
 
 from __future__ import annotations
