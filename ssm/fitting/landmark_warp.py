@@ -148,13 +148,14 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     """
     t0 = time.perf_counter()
     keep = np.ones(len(lms), bool) if lm_mask is None else lm_mask
+    lm_v, lm_points = lms.vertex[keep], lms.points[keep]
 
-    def warp_of(st):
+    def warp_of(st):  # instance (N, 3), landmark residuals (L, 3), warp; model frame, mm
         x = model.instance(st.coeffs)
-        res = st.pose.inverse().apply(lms.points[keep]) - x[lms.vertex[keep]]
-        return x, landmark_warp(x[lms.vertex[keep]], res, x)
+        res = st.pose.inverse().apply(lm_points) - x[lm_v]
+        return x, res, landmark_warp(x[lm_v], res, x)
 
-    x, warp = warp_of(state)
+    x, res, warp = warp_of(state)
     if warp is None:
         return WarpOutcome(state, x, x)
     region = warp.magnitude > cfg.warp_region_mm
@@ -165,15 +166,13 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
         outside = ~region
         state, _ = fit_model(model, scan, state.pose, cfg, lms, keep & outside[lms.vertex], fixed_scale,
                              candidates=outside)
-        x, warp = warp_of(state)  # the same landmarks: never None here
+        x, res, warp = warp_of(state)  # the same landmarks: never None here
         region = warp.magnitude > cfg.warp_region_mm
     extra = {"noise_mm": round(warp.noise_mm, 4), "amplitude_mm": round(warp.amplitude_mm, 4),
              "length_mm": warp.length_mm, "max_mm": round(float(warp.magnitude.max()), 4),
              "region_fraction": round(float(region.mean()), 4), "refit": refit, "applied": applied}
     # residuals: the accepted landmarks' distances to the warped fit (to the fit when not applied)
-    lm_v = lms.vertex[keep]
-    moved = x[lm_v] + (warp.field[lm_v] if applied else 0.0)
-    mean, med = residual_stats(np.linalg.norm(state.pose.inverse().apply(lms.points[keep]) - moved, axis=1))
+    mean, med = residual_stats(np.linalg.norm(res - (warp.field[lm_v] if applied else 0.0), axis=1))
     rep = StageReport("landmark_warp", time.perf_counter() - t0, mean, med, int(keep.sum()), extra=extra)
     if not applied:
         log.info("landmark warp not applied: the landmarks disagree with the model fit over %.0f%% of the "
