@@ -6,10 +6,14 @@ Two kinds of landmark files are read:
   CSV rows ``name,vertex``, or any point file below whose points are snapped to the
   nearest template vertex.
 * **point landmarks** on a scan (``LandmarkPoints``):
-  CSV rows ``x,y,z`` (in the model's landmark order; empty or NaN rows are missing) or
-  ``name,x,y,z``; a CSV header of the form ``x,y,z (mm); name one, name two, ...`` names
-  the rows; menpo LJSON (v1, v2, v3); scalismo landmark JSON (``id``, ``coordinates``,
-  optional ``uncertainty`` with ``stddevs`` and ``pcvectors``).
+  CSV / TSV rows ``x,y,z`` (in the model's landmark order; empty or NaN rows are
+  missing) or ``name,x,y,z``; a header row that names the columns (``x, y, z`` or Slicer's
+  ``l, p, s`` / ``r, a, s``, with ``label`` / ``name`` / ``id``) picks them out of any
+  others; a header of the form ``x,y,z (mm); name one, name two, ...`` names the rows;
+  menpo LJSON (v1, v2, v3); menpo / iBUG PTS; scalismo landmark JSON (``id``,
+  ``coordinates``, optional ``uncertainty`` with ``stddevs`` and ``pcvectors``); MeshLab
+  ``.pp`` and 3D Slicer ``.mrk.json`` / ``.fcsv`` (:mod:`ssm.io.landmark_tools`); a NumPy
+  ``.npy`` array (L, 3).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ssm.errors import InputFileError
+from ssm.io.landmark_tools import (RAS_TO_LPS, is_counting, looks_like_slicer_json, read_meshlab_pp, read_slicer_fcsv,
+                                   read_slicer_json)
 
 
 @dataclass(frozen=True)
@@ -49,19 +56,38 @@ def read_landmark_points(path: str | os.PathLike) -> LandmarkPoints:
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "no such landmark file", "check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(path, f"unreadable NumPy file ({exc})", "save an (L, 3) float array") from exc
+        return LandmarkPoints(_as_points(np.atleast_2d(arr), path), None)
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise InputFileError(path, "landmark file is empty", "write one landmark per row")
-    if path.suffix.lower() in (".json", ".ljson") or text.lstrip()[:1] in "[{":
+    head = text.lstrip()[:200]
+    if suffix == ".pp" or "PickedPoints" in head:  # MeshLab
+        return LandmarkPoints(*_as_named_points(read_meshlab_pp(text, path), path))
+    if suffix == ".fcsv" or head.startswith("# Markups fiducial"):  # Slicer, legacy
+        return LandmarkPoints(*_as_named_points(read_slicer_fcsv(text, path), path))
+    if suffix in (".json", ".ljson") or head[:1] in "[{":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputFileError(path, f"invalid JSON ({exc.msg} at line {exc.lineno})",
                                  "fix or re-export the landmark file") from exc
+        if looks_like_slicer_json(data):
+            return LandmarkPoints(*_as_named_points(read_slicer_json(data, path), path))
         return _from_json(data, path)
-    if "n_points" in text[:200] and "{" in text:  # menpo / ibug PTS
+    if "n_points" in head and "{" in text:  # menpo / ibug PTS
         return _from_pts(text, path)
     return _from_csv(text, path)
+
+
+def _as_named_points(points_names, path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    pts, names = points_names
+    return _as_points(pts, path), names
 
 
 def _from_pts(text: str, path: Path) -> LandmarkPoints:
@@ -144,18 +170,56 @@ def _header_names(header: str, n_rows: int) -> tuple[str, ...] | None:
     return names if len(names) == n_rows else None
 
 
+NAME_COLUMNS = ("label", "name", "landmark", "id")
+
+
+def _header_columns(cells: list[str]):
+    """Columns a header row names: ((3,) x/y/z indices, name index or None, defined index
+    or None, sign turning the coordinates to the file frame) or None."""
+    low = [re.sub(r"\s*[(\[].*$", "", c.strip().lower()) for c in cells]  # "x (mm)" -> "x"
+    for axes, sign in (("xyz", 1.0), ("lps", 1.0), ("ras", RAS_TO_LPS)):
+        if all(a in low for a in axes):
+            name = next((low.index(c) for c in NAME_COLUMNS if c in low), None)
+            defined = low.index("defined") if "defined" in low else None
+            return [low.index(a) for a in axes], name, defined, sign
+    return None
+
+
+def _cells(row: list[str]) -> list[str]:
+    cells = [c.strip() for c in row]
+    if len(cells) == 1:  # space- or tab-separated
+        cells = cells[0].split()
+    return cells
+
+
 def _from_csv(text: str, path: Path) -> LandmarkPoints:
     rows = [r for r in csv.reader(io.StringIO(text)) if r and not r[0].lstrip().startswith("#")]
+    rows = [_cells(r) for r in rows]  # a blank (whitespace) row stays: a missing landmark
     header = None
-    if rows and not _is_number(rows[0][-1]):
+    columns = None
+    if rows and rows[0] and not _is_number(rows[0][-1]):
         header = ",".join(rows[0])
+        columns = _header_columns(rows[0])
         rows = rows[1:]
+    # headerless "index x y z" rows: distinct integers before three more numbers
+    ids = [r[0] for r in rows]
+    numbered = (columns is None and bool(rows) and all(len(r) >= 4 for r in rows)
+                and all(re.fullmatch(r"\d+", c) for c in ids) and len(set(ids)) == len(ids))
     pts, names = [], []
-    for i, row in enumerate(rows):
-        cells = [c.strip() for c in row]
-        if len(cells) == 1 and " " in cells[0]:
-            cells = cells[0].split()
-        if len(cells) >= 4 and not _is_number(cells[0]):
+    for i, cells in enumerate(rows):
+        if numbered:
+            names.append(cells[0])
+            cells = cells[1:4]
+        elif columns is not None:
+            ix, iname, idef, sign = columns
+            if max(ix) >= len(cells):
+                raise InputFileError(path, f"row {i + 1} has {len(cells)} values, fewer than the header's columns",
+                                     "give every row all the header's columns")
+            if iname is not None and iname < len(cells):
+                names.append(cells[iname])
+            off = idef is not None and idef < len(cells) and cells[idef].lower() in ("false", "0", "no")
+            cells = [("nan" if off else cells[j]) for j in ix]
+        elif len(cells) >= 4 and not _is_number(cells[0]):
             names.append(cells[0])
             cells = cells[1:4]
         if all(c == "" for c in cells):
@@ -166,14 +230,19 @@ def _from_csv(text: str, path: Path) -> LandmarkPoints:
         try:
             pts.append([float(c) if c not in ("", "nan", "NaN") else math.nan for c in cells[:3]])
         except ValueError:
-            raise InputFileError(path, f"row {i + 1} is not numeric: {','.join(row)}",
+            raise InputFileError(path, f"row {i + 1} is not numeric: {','.join(cells)}",
                                  "write x,y,z (or name,x,y,z) rows") from None
     if not pts:
         raise InputFileError(path, "no landmark rows", "write one landmark per row")
     if names and len(names) != len(pts):
         raise InputFileError(path, "some rows are named and some are not", "name every row or none")
     out_names = tuple(names) if names else (_header_names(header, len(pts)) if header else None)
-    return LandmarkPoints(_as_points(pts, path), out_names)
+    if out_names is not None and is_counting(out_names):
+        out_names = None
+    arr = _as_points(pts, path)
+    if columns is not None:
+        arr = arr * columns[3]
+    return LandmarkPoints(arr, out_names)
 
 
 def _is_number(s: str) -> bool:
