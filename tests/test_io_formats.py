@@ -120,3 +120,45 @@ def test_ply_point_cloud_normals_are_read_and_used(tmp_path, points, ascii_):
     has = np.linalg.norm(nb, axis=1) > 0
     np.testing.assert_allclose(scan.normals[has], nb[has], atol=1e-5)
     assert np.allclose(np.linalg.norm(scan.normals, axis=1), 1.0)  # the missing ones estimated
+
+
+def _vrml2(points, polygons, tex=True):
+    pts = ",\n".join(" ".join(f"{c:.6f}" for c in p) for p in points)
+    idx = ", ".join(", ".join(str(i) for i in poly) + ", -1" for poly in polygons)
+    texc = "texCoord TextureCoordinate { point [ 0 0, 1 0, 1 1, 0 1 ] }\n texCoordIndex [ 0 1 2 3 -1 ]\n" if tex else ""
+    return (f"Shape {{ appearance Appearance {{ material Material {{ }} }}\n geometry IndexedFaceSet {{\n {texc}"
+            f" coordIndex [ {idx} ]\n coord DEF scan_coords Coordinate {{ point [ {pts} ] }}\n }} }}\n")
+
+
+def test_vrml_scans_2_0_1_0_gzip_and_point_sets(tmp_path):
+    import gzip
+
+    from ssm.io.vrml import read_vrml
+
+    quad = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [10.0, 10.0, 0.0], [0.0, 10.0, 1.0]])
+    polys = [[0, 1, 2, 3], [0, 2, 1]]  # a quad (two fan triangles) and a triangle
+    second = "Shape { geometry IndexedFaceSet { coord USE scan_coords coordIndex [ 3, 2, 1, -1 ] } }\n"
+    text = "#VRML V2.0 utf8\n# exported by a scanner\nTransform { children [\n" + _vrml2(quad, polys) + second + "] }\n"
+    (tmp_path / "scan.wrl").write_text(text)
+    m = read_mesh(tmp_path / "scan.wrl")
+    np.testing.assert_allclose(m.vertices, np.vstack([quad, quad]))  # the texture's points are not vertices
+    np.testing.assert_array_equal(m.faces, [[0, 1, 2], [0, 2, 3], [0, 2, 1], [7, 6, 5]])
+    (tmp_path / "scan.wrz").write_bytes(gzip.compress(text.encode()))
+    np.testing.assert_array_equal(read_mesh(tmp_path / "scan.wrz").faces, m.faces)
+    v1 = ("#VRML V1.0 ascii\nSeparator { Coordinate3 { point [ " + ", ".join(" ".join(map(str, p)) for p in quad)
+          + " ] }\n IndexedFaceSet { coordIndex [ 0, 1, 2, -1, 0, 2, 3, -1 ] } }\n")
+    (tmp_path / "v1.wrl").write_text(v1)
+    v, f = read_vrml(tmp_path / "v1.wrl")
+    np.testing.assert_allclose(v, quad)
+    np.testing.assert_array_equal(f, [[0, 1, 2], [0, 2, 3]])
+    cloud = "#VRML V2.0 utf8\nShape { geometry PointSet { coord Coordinate { point [ 1 2 3, 4 5 6 ] } } }\n"
+    (tmp_path / "cloud.wrl").write_text(cloud)
+    c = read_mesh(tmp_path / "cloud.wrl", allow_points=True)
+    assert c.is_point_cloud and c.vertices.shape == (2, 3)
+    (tmp_path / "bad.wrl").write_text("#VRML V2.0 utf8\nShape { geometry IndexedFaceSet { coord Coordinate "
+                                      "{ point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0, 1, 7, -1 ] } }\n")
+    with pytest.raises(InputFileError, match="bad.wrl.*point 7 of 3"):
+        read_mesh(tmp_path / "bad.wrl")
+    (tmp_path / "not.wrl").write_text("solid x\nendsolid x\n")
+    with pytest.raises(InputFileError, match="not.wrl.*not a VRML"):
+        read_mesh(tmp_path / "not.wrl")

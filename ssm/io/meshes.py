@@ -31,6 +31,10 @@ class MeshData:
         return self.faces.shape[0] == 0
 
 
+#: ASCII point-cloud files (x y z [nx ny nz | r g b] rows)
+ASCII_CLOUD_SUFFIXES = (".xyz", ".pts", ".txt", ".asc", ".xyzn", ".xyzrgb", ".csv")
+
+
 def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bool = False) -> MeshData:
     """Read a mesh (PLY/OBJ/OFF/STL/GLB) or, with ``allow_points``, a point cloud.
 
@@ -44,10 +48,14 @@ def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bo
     if path.stat().st_size == 0:
         raise InputFileError(path, "file is empty", "re-export it")
     suffix = path.suffix.lower()
-    if suffix in (".xyz", ".pts", ".txt"):
+    if suffix in ASCII_CLOUD_SUFFIXES:
         data = _read_xyz(path)
     elif suffix == ".pcd":
         data = _read_pcd(path)
+    elif suffix in (".wrl", ".vrml", ".wrz"):
+        from ssm.io.vrml import read_vrml
+
+        data = MeshData(*read_vrml(path))
     else:
         data = _read_trimesh(path)
     v = data.vertices
