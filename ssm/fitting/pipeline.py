@@ -244,7 +244,7 @@ def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:
     if len(scan.faces):
         from ssm.geometry.surface_distance import point_to_surface
 
-        return point_to_surface(points, scan.points, scan.faces)
+        return point_to_surface(points, scan.points, scan.faces, scan.tree)
     d, _ = scan.tree.query(points)
     return d
 
