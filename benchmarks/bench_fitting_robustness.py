@@ -4,7 +4,8 @@ Same model and held-out ICT subjects as ``bench_fitting.py`` (frontal scan, 0.3 
 noise, 0.8 mm sampling, 3 holes, 1 % outliers, 68 landmarks with 1.5 mm noise, random
 rigid pose), then one thing changed at a time: a point cloud instead of a mesh (with
 or without the normals a scanner writes; 68, 7 or no landmarks), more noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
-written with inverted winding, a wall behind the head. Scored: mean per-vertex
+written with inverted winding, a wall behind the head, hair over the scalp (18 mm, with
+a fringe: the scanner sees the hair, the truth is the skin). Scored: mean per-vertex
 correspondence error on the narrow face (mm) and wall time, next to the standard case.
 
     python benchmarks/bench_fitting_robustness.py [--seeds 3] [--out ...]
@@ -42,6 +43,9 @@ VARIANTS = {
     "inverted winding, no landmarks": ({}, "none", "inverted"),
     "wall behind the head, 68 landmarks": ({}, "68", "wall"),
     "wall behind the head, no landmarks": ({}, "none", "wall"),
+    "hair 18 mm over the scalp, 68 landmarks": ({}, "68", "hair"),
+    "hair 18 mm over the scalp, 7 landmarks": ({}, "7", "hair"),
+    "hair 18 mm over the scalp, no landmarks": ({}, "none", "hair"),
 }
 
 
@@ -51,7 +55,13 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
     from ssm.demo.raw_scans import make_raw_scan
 
     truth = subjects(ict, 1, 10_000 + seed)[0]
-    raw = make_raw_scan(truth, ict.triangles, seed=20_000 + seed, **raw_kw)
+    surface = truth
+    if edit == "hair":  # the scanner sees the hair; the truth is the skin under it
+        from ssm.demo.ict_cases import hair_weight
+        from ssm.geometry.mesh_ops import vertex_normals
+
+        surface = truth + (18.0 * hair_weight(ict, truth))[:, None] * vertex_normals(truth, ict.triangles)
+    raw = make_raw_scan(surface, ict.triangles, seed=20_000 + seed, **raw_kw)
     rng = np.random.default_rng(seed)
     lm_mm = truth[ict.landmarks68] + rng.normal(0, 1.5, (68, 3))
     if edit == "bad landmarks":

@@ -257,7 +257,8 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
     # a cloud's distances are to its nearest point (1.5 mm sampling), a mesh's to its surface
     assert np.median(res.distance_mm[face]) < (0.9 if cloud else 0.5)
     assert res.units == "cm"
-    assert [s.name for s in res.stages][-5:] == ["model_fit", "nicp", "pose_refine", "uncertainty", "smoothing"]
+    assert [s.name for s in res.stages][-6:] == ["model_fit", "occlusion", "nicp", "pose_refine", "uncertainty",
+                                                 "smoothing"]
     assert np.isfinite(res.stddev_mm).all()
 
 
@@ -411,3 +412,30 @@ def test_ict_uncertainty_is_calibrated(ict_model):
         if views == "frontal":  # the back of the head was not seen: less certain
             assert np.median(res.stddev_mm[res.distance_mm > 5]) > 1.5 * np.median(res.stddev_mm[face])
     assert 0.85 <= inside / n <= 0.99, inside / n
+
+
+@pytest.mark.slow
+def test_ict_hair_is_left_out(ict_model):
+    """18 mm of hair over the scalp and a fringe: the occlusion stage finds it (the
+    'occluded' vertices are where the hair is) and the face fits nearly as without hair;
+    without the stage the hair drags the skull, and the face with it."""
+    import dataclasses
+
+    from ssm.demo.ict_cases import hair_weight, heldout_case
+
+    ict, model = ict_model
+    case = heldout_case(ict, 0, views="frontal", landmarks="68", hair_mm=18.0)
+    errs, occluded = {}, None
+    for on in (True, False):
+        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
+                  config=dataclasses.replace(FitConfig(), occlusion=on))
+        est = case.scan.to_scan.inverse().apply(res.vertices)
+        errs[on] = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face].mean()
+        if on:
+            occluded = res.occluded
+            assert res.summary()["occluded_fraction"] == pytest.approx(occluded.mean())
+    w = hair_weight(ict, case.truth)
+    hair, bare = w > 0.5, w == 0
+    seen = case.truth[:, 2] > case.truth[ict.landmarks68[0], 2]  # in front of the ears: the frontal scan sees it
+    assert occluded[hair & seen].mean() > 0.8 and occluded[bare].mean() < 0.08
+    assert errs[True] < 0.75 and errs[True] < 0.8 * errs[False], errs

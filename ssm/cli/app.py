@@ -197,6 +197,8 @@ def fit(
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
+    occlusion: bool = typer.Option(True, help="Find where the scan is not skin (hair, a cap) and fit "
+                                              "without it; fit.ply marks those vertices 'occluded'."),
     landmark_warp: bool = typer.Option(True, help="With 20+ landmarks, follow them where they agree the model "
                                                   "fit is off (an expression an identity model does not span)."),
     preset: str = typer.Option("accurate", help="accurate | fast (about 1.3x faster with landmarks, "
@@ -220,7 +222,7 @@ def fit(
 
     _setup_logging(verbose)
     m = load_model(model)
-    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp, landmark_warp=landmark_warp)
+    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

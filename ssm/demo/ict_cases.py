@@ -87,10 +87,28 @@ class Case:
     landmarks: np.ndarray | None  # (68, 3) scan frame, NaN rows missing; None = no landmarks
 
 
+def hair_weight(ict: ICT, head: np.ndarray) -> np.ndarray:
+    """(N,) in [0, 1]: how much of a full head of hair covers each vertex of ``head`` (mm,
+    face along +z, y up): the scalp above the brows (with a fringe over the upper
+    forehead) and the back of the head, ramping up over 20-30 mm from the hairline."""
+    lm = ict.landmarks68
+    brow = head[lm[19], 1] + 12.0
+    behind = head[lm[0], 2] - 20.0
+    w = np.clip((head[:, 1] - brow) / 20.0, 0, 1)
+    w = w + np.clip((behind - head[:, 2]) / 30.0, 0, 1) * (head[:, 1] > head[lm[8], 1] + 20.0)
+    w = np.clip(w, 0.0, 1.0)
+    w[:ict.narrow_face] *= head[:ict.narrow_face, 1] > brow
+    return w
+
+
 def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "68",
                  expression: bool = False, landmark_sigma_mm: float = 1.5, units: str = "cm",
-                 noise_mm: float = 0.3, spacing_mm: float = 0.8) -> Case:
-    """One held-out case: identity + detail (+ expression) -> raw scan + noisy landmarks."""
+                 noise_mm: float = 0.3, spacing_mm: float = 0.8, hair_mm: float = 0.0) -> Case:
+    """One held-out case: identity + detail (+ expression) -> raw scan + noisy landmarks.
+
+    hair_mm : thickness of hair over the scalp (:func:`hair_weight`): the scan sees the
+        hair's surface, the truth stays the skin under it.
+    """
     rng = np.random.default_rng(10_000 + seed)
     truth = subjects(ict, 1, 10_000 + seed)[0]
     if expression:
@@ -100,7 +118,12 @@ def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "
             if name in names:
                 w[names.index(name)] = val
         truth = truth + np.einsum("k,knd->nd", w, ict.expressions)
-    raw = make_raw_scan(truth, ict.triangles, views=views, spacing_mm=spacing_mm, noise_mm=noise_mm, units=units,
+    surface = truth
+    if hair_mm > 0:
+        from ssm.geometry.mesh_ops import vertex_normals
+
+        surface = truth + (hair_mm * hair_weight(ict, truth))[:, None] * vertex_normals(truth, ict.triangles)
+    raw = make_raw_scan(surface, ict.triangles, views=views, spacing_mm=spacing_mm, noise_mm=noise_mm, units=units,
                         seed=20_000 + seed)
     lm = None
     if landmarks != "none":

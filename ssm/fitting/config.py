@@ -40,6 +40,9 @@ class FitConfig:
       overrelaxation : each solve's step on the coefficients is scaled by this (1 = plain
         alternation); closest-point iterations converge linearly, and 1.6 reaches a given
         error in fewer iterations (benchmarks/bench_fitting.py).
+    Occlusion (:mod:`ssm.fitting.occlusion`)
+      occlusion : find where the scan lies well outside the fitted skin over a region
+        (hair, a cap) and refit the model without those vertices; NICP leaves them out.
     Landmark warp (with at least 20 landmarks; :mod:`ssm.fitting.landmark_warp`)
       landmark_warp : correct the model fit where the landmarks agree that it is off
         (an expression an identity model does not span); warp_region_mm : a warp larger
@@ -76,6 +79,7 @@ class FitConfig:
     vertex_samples: int | None = 6000
     point_to_plane: float = 0.7
     overrelaxation: float = 1.6
+    occlusion: bool = True
     landmark_warp: bool = True
     warp_region_mm: float = 1.0
     nicp: bool = True

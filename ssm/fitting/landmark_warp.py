@@ -135,7 +135,8 @@ class WarpOutcome:
 
 
 def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, lms: MatchedLandmarks,
-               lm_mask: np.ndarray | None, fixed_scale: float | None) -> WarpOutcome:
+               lm_mask: np.ndarray | None, fixed_scale: float | None,
+               occluded: np.ndarray | None = None) -> WarpOutcome:
     """Stage 4b of ``ssm.fit``: the landmark warp after the model fit ``state``.
 
     When the warp exceeds ``cfg.warp_region_mm`` over 1-30 % of the vertices
@@ -144,7 +145,8 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     does not span, and the warp is recomputed for the new fit. Over more than 30 % the
     warp is reported but not applied. The share is taken before the refit; the reported
     ``region_fraction`` is the final region, which can be larger (the freed identity
-    shows more of the disagreement: 10-36 % on the ICT expression cases).
+    shows more of the disagreement: 10-36 % on the ICT expression cases). ``occluded``
+    (N,) bool: vertices the occlusion stage left out, left out of the refit too.
     """
     t0 = time.perf_counter()
     keep = np.ones(len(lms), bool) if lm_mask is None else lm_mask
@@ -163,7 +165,7 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     applied = share <= WARP_REFIT_FRACTION[1]
     refit = applied and share >= WARP_REFIT_FRACTION[0]
     if refit:
-        outside = ~region
+        outside = ~region if occluded is None else ~(region | occluded)
         state, _ = fit_model(model, scan, state.pose, cfg, lms, keep & outside[lms.vertex], fixed_scale,
                              candidates=outside)
         x, res, warp = warp_of(state)  # the same landmarks: never None here

@@ -40,12 +40,15 @@ from ssm.models.shape_model import ShapeModel
 
 def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config: FitConfig,
          landmarks: MatchedLandmarks | None = None, landmark_mask: np.ndarray | None = None,
-         start_corr=None, landmark_region: np.ndarray | None = None) -> tuple[np.ndarray, StageReport]:
+         start_corr=None, landmark_region: np.ndarray | None = None,
+         occluded: np.ndarray | None = None) -> tuple[np.ndarray, StageReport]:
     """Refine the model fit ``x0`` (N, 3) model frame; returns the refined (N, 3) and report.
 
     landmark_region : (N,) bool, vertices where the model fit is known not to hold (the
         landmark warp's region): their landmarks stay in at the soft levels too, since
         closest points there only constrain the normal direction.
+    occluded : (N,) bool, vertices covered by something other than skin (hair): they get
+        no correspondences and follow the model fit.
     """
     t0 = time.perf_counter()
     if model.triangles is None:
@@ -68,7 +71,7 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             ns = instance_normals(model, x) @ pose.rotation.T
             gate = adaptive_gate(corr, config.max_distance_mm, config.min_distance_mm)
             corr = find_correspondences(xs, ns, scan, 1.0 / pose.scale, gate, config.normal_cos,
-                                        config.scan_samples, rng)
+                                        config.scan_samples, rng, None if occluded is None else ~occluded)
             if len(corr) < 10:
                 break
             w = np.zeros(n)

@@ -18,6 +18,7 @@ from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
+from ssm.fitting.occlusion import occlusion_stage
 from ssm.fitting.result import FitResult
 from ssm.fitting.scan import Scan, load_scan, orient_normals, scan_explained, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
@@ -150,13 +151,19 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         cfg, iterations_per_level=cfg.iterations_per_level + 1)
     state, rep = fit_model(model, sc, state.pose, fit_cfg, lms, lm_mask, fixed_scale, coeffs=state.coeffs)
     stages.append(rep)
+
+    # 4a: where the scan is not skin (hair over the scalp), refit without it
+    occluded = None
+    if cfg.occlusion and model.triangles is not None:
+        state, occluded, rep = occlusion_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale)
+        stages.append(rep)
     x_model = model.instance(state.coeffs)
 
     # 4b: where many landmarks agree that the fit is off (an expression in front of an
     # identity model), warp it there and refit the model without that region
     warp = WarpOutcome(state, x_model, x_model)
     if cfg.landmark_warp and lms is not None:
-        warp = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale)
+        warp = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
         state, x_model = warp.state, warp.x_model
         if warp.report is not None:
             stages.append(warp.report)
@@ -164,7 +171,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     # 5: non-rigid ICP
     x = warp.start
     if cfg.nicp:
-        x, rep = nicp(model, sc, state.pose, warp.start, cfg, lms, lm_mask, state.correspondences, warp.region)
+        x, rep = nicp(model, sc, state.pose, warp.start, cfg, lms, lm_mask, state.correspondences, warp.region,
+                      occluded)
         stages.append(rep)
 
     # 6: pose refinement with the final shape
@@ -213,7 +221,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         units_name, estimated = _units_name(pose.scale), True
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
-                     rejected, units_name, estimated, converged, message, stddev)
+                     rejected, units_name, estimated, converged, message, stddev, occluded)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

@@ -29,6 +29,9 @@ class FitResult:
     converged : False when the fit did not converge (the result is still written).
     stddev_mm : (N,) RMS 3D standard deviation of each vertex (mm), from the model
         posterior given the final correspondences (see ``ssm.fitting.uncertainty``).
+    occluded : (N,) bool, vertices where the scan is something other than skin (hair,
+        a cap, or a surface across a gap such as the nostrils'); they follow the model
+        fit (see ``ssm.fitting.occlusion``). None when none were found.
     """
 
     vertices: np.ndarray
@@ -46,13 +49,16 @@ class FitResult:
     converged: bool = True
     message: str = ""
     stddev_mm: np.ndarray | None = None
+    occluded: np.ndarray | None = None
 
     @property
     def vertex_attributes(self) -> dict:
-        """Per-vertex values written into the PLY files."""
+        """Per-vertex values written into the PLY files (``occluded`` as 0 / 1)."""
         out = {"distance_mm": self.distance_mm}
         if self.stddev_mm is not None:
             out["stddev_mm"] = self.stddev_mm
+        out["occluded"] = (np.zeros(len(self.vertices)) if self.occluded is None
+                           else self.occluded.astype(np.float64))
         return out
 
     @property
@@ -84,6 +90,7 @@ class FitResult:
                 "median_where_unseen": float(np.nanmedian(self.stddev_mm[~(d < 1.0)])) if (~(d < 1.0)).any()
                 else None,
             },
+            "occluded_fraction": 0.0 if self.occluded is None else float(self.occluded.mean()),
             "landmark_errors_mm": {k: float(v) for k, v in self.landmark_errors_mm.items()},
             "rejected_landmarks": list(self.rejected_landmarks),
             "stages": [asdict(s) for s in self.stages],
