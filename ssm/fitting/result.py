@@ -30,8 +30,8 @@ class FitResult:
     stddev_mm : (N,) RMS 3D standard deviation of each vertex (mm), from the model
         posterior given the final correspondences (see ``ssm.fitting.uncertainty``).
     occluded : (N,) bool, vertices where the scan is something other than skin (hair,
-        a cap, or a surface across a gap such as the nostrils'); they follow the model
-        fit (see ``ssm.fitting.occlusion``). None when none were found.
+        a cap); they follow the model fit (see ``ssm.fitting.occlusion``). None when
+        no such region was found.
     """
 
     vertices: np.ndarray
