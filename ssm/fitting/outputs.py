@@ -36,7 +36,8 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
 
 
 def write_report(result: FitResult, path: Path, scan=None) -> Path:
-    """A PNG: scan (grey) and fit coloured by distance to the scan, front and side views."""
+    """A PNG: scan (grey) and fit coloured by distance to the scan, front and side views;
+    occluded vertices (hair, a cap: left out of the fit) in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +57,10 @@ def write_report(result: FitResult, path: Path, scan=None) -> Path:
         if pts is not None:
             ax.scatter(pts[:, i], pts[:, j], s=0.2, c="0.75", lw=0)
         sc = ax.scatter(x[:, i], x[:, j], s=0.6, c=np.minimum(d, vmax), cmap="viridis", vmin=0, vmax=vmax, lw=0)
+        if result.occluded is not None and result.occluded.any():  # not skin (hair): not fitted
+            occ = result.occluded
+            ax.scatter(x[occ, i], x[occ, j], s=0.6, c="tab:red", lw=0, label="occluded (hair, cap)")
+            ax.legend(loc="lower right", markerscale=8, fontsize=8)
         ax.set_aspect("equal")
         ax.set_title(title)
         ax.set_xticks([])
@@ -66,7 +71,8 @@ def write_report(result: FitResult, path: Path, scan=None) -> Path:
              f"scale (scan units per model mm): {s['scale']:.4g}",
              f"distance to scan: median {s['distance_to_scan_mm']['median']:.3f} mm, "
              f"p95 {s['distance_to_scan_mm']['p95']:.3f} mm",
-             f"Mahalanobis norm: {s['mahalanobis']:.2f}", ""]
+             f"Mahalanobis norm: {s['mahalanobis']:.2f}",
+             f"occluded (not skin): {100 * s['occluded_fraction']:.0f} % of the vertices", ""]
     for st in result.stages:
         lines.append(f"{st.name:14s} {st.seconds:6.2f} s  median {st.residual_median_mm:6.3f} mm")
     if result.landmark_errors_mm:
