@@ -57,10 +57,9 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
     truth = subjects(ict, 1, 10_000 + seed)[0]
     surface = truth
     if edit == "hair":  # the scanner sees the hair; the truth is the skin under it
-        from ssm.demo.ict_cases import hair_weight
-        from ssm.geometry.mesh_ops import vertex_normals
+        from ssm.demo.ict_cases import with_hair
 
-        surface = truth + (18.0 * hair_weight(ict, truth))[:, None] * vertex_normals(truth, ict.triangles)
+        surface = with_hair(ict, truth, 18.0)
     raw = make_raw_scan(surface, ict.triangles, seed=20_000 + seed, **raw_kw)
     rng = np.random.default_rng(seed)
     lm_mm = truth[ict.landmarks68] + rng.normal(0, 1.5, (68, 3))

@@ -101,6 +101,14 @@ def hair_weight(ict: ICT, head: np.ndarray) -> np.ndarray:
     return w
 
 
+def with_hair(ict: ICT, head: np.ndarray, hair_mm: float) -> np.ndarray:
+    """(N, 3) the surface a scanner sees of ``head`` (mm) under ``hair_mm`` of hair: the
+    skin pushed out along its normals by ``hair_mm`` times :func:`hair_weight`."""
+    from ssm.geometry.mesh_ops import vertex_normals
+
+    return head + (hair_mm * hair_weight(ict, head))[:, None] * vertex_normals(head, ict.triangles)
+
+
 def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "68",
                  expression: bool = False, landmark_sigma_mm: float = 1.5, units: str = "cm",
                  noise_mm: float = 0.3, spacing_mm: float = 0.8, hair_mm: float = 0.0) -> Case:
@@ -118,11 +126,7 @@ def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "
             if name in names:
                 w[names.index(name)] = val
         truth = truth + np.einsum("k,knd->nd", w, ict.expressions)
-    surface = truth
-    if hair_mm > 0:
-        from ssm.geometry.mesh_ops import vertex_normals
-
-        surface = truth + (hair_mm * hair_weight(ict, truth))[:, None] * vertex_normals(truth, ict.triangles)
+    surface = with_hair(ict, truth, hair_mm) if hair_mm > 0 else truth
     raw = make_raw_scan(surface, ict.triangles, views=views, spacing_mm=spacing_mm, noise_mm=noise_mm, units=units,
                         seed=20_000 + seed)
     lm = None

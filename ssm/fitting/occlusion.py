@@ -42,7 +42,7 @@ from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState, fit_model, instance_normals
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport
-from ssm.geometry.mesh_ops import edges
+from ssm.geometry.mesh_ops import vertex_adjacency
 from ssm.models.shape_model import ShapeModel
 
 OUTSIDE_MM = 2.5  # a smoothed outward residual above this is not skin
@@ -54,12 +54,6 @@ MAX_FRACTION = 0.6
 # estimated on a cloud: 2-6 % in all, none over 1.6 %) leave the fit as it is
 LARGE_REGION = 0.03
 GROWTH_FRACTION = 0.01  # another refit only when the last one showed this much more
-
-
-def _adjacency(triangles: np.ndarray, n: int) -> sp.csr_matrix:
-    e = edges(triangles)
-    a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    return (a + a.T + sp.identity(n)).tocsr()
 
 
 def signed_residuals(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
@@ -123,7 +117,8 @@ def occlusion_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fi
     something other than skin. Returns the (possibly refitted) state, the (N,) occluded
     mask (None when nothing is), and the stage report."""
     t0 = time.perf_counter()
-    adj = _adjacency(model.triangles, model.n_vertices)
+    n = model.n_vertices
+    adj = (vertex_adjacency(model.triangles, n) + sp.identity(n)).tocsr()  # a vertex and its ring
     gate = max(cfg.max_distance_mm, 25.0)
     mask = None
     history = []

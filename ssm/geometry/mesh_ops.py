@@ -117,10 +117,15 @@ def weld_vertices(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inverse]
 
 
-def uniform_laplacian(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
-    """(N, N) graph Laplacian ``D - A`` of the mesh edges (symmetric, PSD)."""
+def vertex_adjacency(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
+    """(N, N) symmetric 0/1 adjacency ``A`` of the mesh edges (zero diagonal)."""
     e = edges(faces)
     a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
-    a = (a + a.T).tocsr()
+    return (a + a.T).tocsr()
+
+
+def uniform_laplacian(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
+    """(N, N) graph Laplacian ``D - A`` of the mesh edges (symmetric, PSD)."""
+    a = vertex_adjacency(faces, n_vertices)
     deg = np.asarray(a.sum(axis=1)).ravel()
     return (sp.diags(deg) - a).tocsr()

@@ -38,8 +38,8 @@ def _points(text: str, path: Path) -> np.ndarray:
     return v.reshape(-1, 3)
 
 
-def _body(text: str, start: int) -> str:
-    """The text inside the braces that open at or after ``start``."""
+def _body(text: str, start: int) -> tuple[str, int]:
+    """The text inside the braces that open at or after ``start``, and its offset."""
     i = text.index("{", start)
     depth = 0
     for j in range(i, len(text)):
@@ -49,8 +49,8 @@ def _body(text: str, start: int) -> str:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j]
-    return text[i + 1:]
+                return text[i + 1:j], i + 1
+    return text[i + 1:], i + 1
 
 
 def _triangles(index: np.ndarray, n_points: int, path: Path) -> np.ndarray:
@@ -82,16 +82,19 @@ def read_vrml(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputFileError(path, "is not a VRML file (no #VRML header)", "export the scan as VRML, PLY or OBJ")
     text = re.sub(r"#[^\n]*", "", text)  # comments (and the header)
     defs: dict[str, np.ndarray] = {}
+    parsed: dict[int, np.ndarray] = {}  # DEF'd point arrays by their offset, parsed once
     for m in _COORD.finditer(text):
         if m.group(1):
-            defs[m.group(1)] = _points(m.group(2), path)
+            defs[m.group(1)] = parsed[m.start(2)] = _points(m.group(2), path)
     coord3 = [(m.start(), m.group(1)) for m in _COORD3.finditer(text)]
     verts, faces, n = [], [], 0
     for m in re.finditer(r"\bIndexedFaceSet\b", text):
-        body = _body(text, m.end())
+        body, offset = _body(text, m.end())
         c, use = _COORD.search(body), _COORD_USE.search(body)
         if c:
-            pts = _points(c.group(2), path)
+            pts = parsed.get(offset + c.start(2))
+            if pts is None:
+                pts = _points(c.group(2), path)
         elif use and use.group(1) in defs:
             pts = defs[use.group(1)]
         else:
@@ -106,7 +109,7 @@ def read_vrml(path: Path) -> tuple[np.ndarray, np.ndarray]:
         n += len(pts)
     if not verts:
         for m in re.finditer(r"\bPointSet\b", text):
-            c = _COORD.search(_body(text, m.end()))
+            c = _COORD.search(_body(text, m.end())[0])
             if c:
                 verts.append(_points(c.group(2), path))
         if not verts and coord3:  # VRML 1.0 points
