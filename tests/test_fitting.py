@@ -354,9 +354,10 @@ def test_ict_heldout_targets(ict_model, views, landmarks, limit):
 @pytest.mark.slow
 def test_ict_expression_landmark_warp(ict_model):
     """An expression the identity model does not span, 68 landmarks: the landmark warp
-    (refit without the warped region, landmarks kept there in NICP) beats the plain fit
-    by a clear margin (the issue's 0.8 mm is not reached: see the README), and the
-    reported stddev stays calibrated."""
+    (the model refitted with a smooth deformation field over the warped region, landmarks
+    kept there in NICP) beats the plain fit by a clear margin (1.25 against 1.79 mm; the
+    issue's 0.8 mm is not reached: see the README), and the reported stddev stays
+    calibrated."""
     import dataclasses
 
     from ssm.demo.ict_cases import heldout_case
@@ -372,10 +373,11 @@ def test_ict_expression_landmark_warp(ict_model):
         if on:
             warp = next(st for st in res.stages if st.name == "landmark_warp")
             assert warp.extra["refit"] and 0.05 < warp.extra["region_fraction"] < 0.3
+            assert warp.extra["deformation_components"] > 0
             # the stddev takes the warp's own uncertainty where the model does not hold
             err = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face]
             assert 0.85 <= np.mean(err < 2 * res.stddev_mm[: ict.narrow_face]) <= 0.99
-    assert errs[True] < 0.85 * errs[False] and errs[True] < 1.45, errs
+    assert errs[True] < 0.8 * errs[False] and errs[True] < 1.35, errs
 
 
 @pytest.mark.slow

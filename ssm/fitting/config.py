@@ -46,8 +46,10 @@ class FitConfig:
     Landmark warp (with at least 20 landmarks; :mod:`ssm.fitting.landmark_warp`)
       landmark_warp : correct the model fit where the landmarks agree that it is off
         (an expression an identity model does not span); warp_region_mm : a warp larger
-        than this marks the region the model is refitted without, and where NICP keeps
-        the landmarks at its soft levels.
+        than this marks the region where the model is refitted with a smooth deformation
+        field, and where NICP keeps the landmarks at its soft levels;
+        warp_basis_length_mm : the field's correlation length; warp_basis_taper_mm : how
+        far outside the region it fades (Gaussian).
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
         mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
@@ -82,6 +84,8 @@ class FitConfig:
     occlusion: bool = True
     landmark_warp: bool = True
     warp_region_mm: float = 1.0
+    warp_basis_length_mm: float = 35.0
+    warp_basis_taper_mm: float = 50.0
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
     nicp_iterations: int = 1

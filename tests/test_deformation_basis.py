@@ -1,0 +1,56 @@
+"""Deformation basis: its fields reproduce the Gaussian kernel in the region, fade outside,
+and the augmented model keeps the identity's components and coefficients."""
+
+import numpy as np
+
+from ssm.fitting.deformation_basis import augmented_instance, augmented_model, smooth_deformation_basis
+from ssm.models.shape_model import ShapeModel
+
+
+def _sheet(n_side: int = 45, size_mm: float = 180.0) -> np.ndarray:
+    """(n_side**2, 3) a gently curved sheet, mm (4 mm spacing)."""
+    u, v = np.meshgrid(np.linspace(0, size_mm, n_side), np.linspace(0, size_mm, n_side))
+    return np.stack([u.ravel(), v.ravel(), 0.002 * (u.ravel() - 90) ** 2], 1)
+
+
+def test_fields_reproduce_the_kernel_inside_and_fade_outside():
+    x = _sheet()
+    region = x[:, 0] < 60.0
+    length, taper = 20.0, 15.0
+    f = smooth_deformation_basis(x, region, length, taper, np.random.default_rng(0))
+    assert 10 < f.shape[1] < 200
+    cov = f @ f.T  # the covariance of sum_j b_j f_j, b ~ N(0, I)
+    inside = np.flatnonzero(region & (x[:, 1] > 40) & (x[:, 1] < 140))[::7]
+    d2 = ((x[inside, None] - x[None, inside]) ** 2).sum(-1)
+    want = np.exp(-0.5 * d2 / length ** 2)
+    assert np.abs(cov[np.ix_(inside, inside)] - want).max() < 0.02
+    # 5 tapers beyond the region the field is gone; one taper out it is at exp(-1/2)
+    far = x[:, 0] > 60.0 + 5 * taper
+    assert np.abs(f[far]).max() < 1e-4
+    one = np.flatnonzero(np.isclose(x[:, 0], x[np.abs(x[:, 0] - 75.0).argmin(), 0]) & (x[:, 1] > 60)
+                         & (x[:, 1] < 120))
+    dist = x[one, 0] - x[region, 0].max()
+    assert np.allclose(np.sqrt(cov[one, one]), np.exp(-0.5 * (dist / taper) ** 2), atol=0.03)
+
+
+def test_empty_region_gives_no_fields():
+    x = _sheet(10)
+    assert smooth_deformation_basis(x, np.zeros(len(x), bool), 20.0, 15.0, np.random.default_rng(0)).shape == (100, 0)
+
+
+def test_augmented_model_keeps_the_identity():
+    rng = np.random.default_rng(1)
+    x = _sheet(12)
+    n, k = len(x), 5
+    basis, _ = np.linalg.qr(rng.normal(size=(3 * n, k)))
+    model = ShapeModel(x, basis, np.array([25.0, 16.0, 9.0, 4.0, 1.0]))
+    fields = smooth_deformation_basis(x, x[:, 0] < 50, 30.0, 20.0, rng)
+    m = fields.shape[1]
+    aug = augmented_model(model, fields, amplitude_mm=2.0)
+    assert aug.n_components == k + 3 * m
+    c = rng.normal(size=k)
+    b = rng.normal(size=3 * m)
+    got = augmented_instance(aug, np.concatenate([c, b]))
+    want = model.instance(c) + 2.0 * np.stack([fields @ b[a * m:(a + 1) * m] for a in range(3)], 1)
+    assert np.allclose(got, want, atol=1e-3)
+    assert np.allclose(augmented_instance(aug, np.concatenate([c, np.zeros(3 * m)])), model.instance(c), atol=1e-3)
