@@ -178,6 +178,13 @@ def test_point_cloud_borders_and_normal_sides():
     up = orient_normals(sc, pts[::7], np.tile([0.0, 0.0, 1.0], (len(pts[::7]), 1)), near=5.0)
     assert up.oriented and (up.normals[:, 2] > 0.99).all()
     assert up.tree is sc.tree
+    # a reference that is wrong over a patch (a model off by a feature's size there):
+    # the points under it take the side of their cloud neighbours
+    ref = pts[::7]
+    ref_n = np.tile([0.0, 0.0, 1.0], (len(ref), 1))
+    ref_n[np.linalg.norm(ref[:, :2] - [5.0, 5.0], axis=1) < 2.5] *= -1
+    up = orient_normals(sc, ref, ref_n, near=5.0)
+    assert (up.normals[:, 2] > 0.99).all()
 
 
 def test_matching_over_a_scan_subset_keeps_every_border_point(monkeypatch):
