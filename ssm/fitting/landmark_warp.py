@@ -21,13 +21,14 @@ The fitting stage (:func:`warp_stage`, stage 4b of ``ssm.fit``) uses it twice. T
 where the correction exceeds ``FitConfig.warp_region_mm`` gets a smooth deformation field
 (:mod:`ssm.fitting.deformation_basis`), and the model is fitted again with it, on the
 whole scan and all the landmarks: the field explains what the identity does not span, so
-the identity stops bending, and keeps the region's data (fitting the identity without the
-region instead lost it: 1.39 mm on the cases below, against 1.24 mm). The warp of what
-the landmarks still disagree with is added, and the result is the start of non-rigid ICP,
+the identity stops bending, and it keeps the region's data. The warp of what the
+landmarks still disagree with is added, and the result is the start of non-rigid ICP,
 which refines it along the scan normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
-landmarks (``benchmarks/bench_fitting.py``) this takes the narrow-face error from 1.83 to
-1.20 mm (10 subjects); neutral scans fit as before.
+landmarks (``benchmarks/bench_fitting.py``, 10 subjects) this takes the narrow-face error
+from 1.83 to 1.20 mm; neutral scans fit as before. Fitting the identity without the
+region instead (which loses the region's data) gave 1.39 mm, against 1.24 mm with the
+field, both with the region limited to 30 % of the vertices (now 45 %).
 """
 
 from __future__ import annotations
