@@ -104,3 +104,42 @@ def test_npy_landmarks(tmp_path):
     np.save(tmp_path / "flat.npy", P[:, :2])
     with pytest.raises(InputFileError, match="flat.npy.*2D"):
         read_landmark_points(tmp_path / "flat.npy")
+
+
+# menpo3d's group order for the iBUG-68 points, as its james asset is written
+MENPO3D_PARTS = [("chin", 0, 17), ("leye", 36, 6), ("reye", 42, 6), ("leyebrow", 17, 5), ("nose", 27, 9),
+                 ("reyebrow", 22, 5), ("mouth", 48, 20)]
+
+
+def _ibug68_points() -> np.ndarray:
+    return np.column_stack([np.arange(68.0), np.arange(68.0) * 2.0, np.full(68, 7.0)])
+
+
+def test_ljson_groups_in_another_order_are_read_in_ibug_order(tmp_path):
+    truth = _ibug68_points()
+    order = np.concatenate([np.arange(a, a + n) for _, a, n in MENPO3D_PARTS])  # file row -> iBUG index
+    labels, start = [], 0
+    for name, _, n in MENPO3D_PARTS:
+        labels.append({"label": name, "mask": list(range(start, start + n))})
+        start += n
+    v3 = {"version": 3, "groups": {"LJSON": {"labels": labels,
+                                             "landmarks": {"points": truth[order].tolist(), "connectivity": []}}}}
+    (tmp_path / "v3.ljson").write_text(json.dumps(v3))
+    np.testing.assert_array_equal(read_landmark_points(tmp_path / "v3.ljson").points, truth)
+    # LJSON v1: one landmark list per group
+    v1 = {"version": 1, "groups": [{"label": name, "landmarks": [{"point": p} for p in truth[a:a + n].tolist()]}
+                                   for name, a, n in MENPO3D_PARTS]}
+    (tmp_path / "v1.ljson").write_text(json.dumps(v1))
+    np.testing.assert_array_equal(read_landmark_points(tmp_path / "v1.ljson").points, truth)
+    # groups that are not iBUG-68 parts: the file's own order stands
+    v3["groups"]["LJSON"]["labels"] = [{"label": "all", "mask": list(range(68))}]
+    (tmp_path / "other.ljson").write_text(json.dumps(v3))
+    np.testing.assert_array_equal(read_landmark_points(tmp_path / "other.ljson").points, truth[order])
+
+
+def test_menpo3d_james_ljson_matches_the_ibug_csv():
+    from conftest import shared_file
+
+    ljson = read_landmark_points(shared_file("interop/james_menpo.ljson")).points
+    csv_ = read_landmark_points(shared_file("scans/james_landmarks68.csv")).points
+    np.testing.assert_allclose(ljson, csv_, atol=1e-3)

@@ -10,7 +10,8 @@ Two kinds of landmark files are read:
   missing) or ``name,x,y,z``; a header row that names the columns (``x, y, z`` or Slicer's
   ``l, p, s`` / ``r, a, s``, with ``label`` / ``name`` / ``id``) picks them out of any
   others; a header of the form ``x,y,z (mm); name one, name two, ...`` names the rows;
-  menpo LJSON (v1, v2, v3); menpo / iBUG PTS; scalismo landmark JSON (``id``,
+  menpo LJSON (v1, v2, v3; its iBUG-68 groups put in iBUG order whatever order the
+  file lists them in); menpo / iBUG PTS; scalismo landmark JSON (``id``,
   ``coordinates``, optional ``uncertainty`` with ``stddevs`` and ``pcvectors``); MeshLab
   ``.pp`` and 3D Slicer ``.mrk.json`` / ``.fcsv`` (:mod:`ssm.io.landmark_tools`); a NumPy
   ``.npy`` array (L, 3).
@@ -133,12 +134,12 @@ def _from_json(data, path: Path) -> LandmarkPoints:
     if "landmarks" in data and isinstance(data["landmarks"], dict):  # LJSON v2
         return _ljson_points(data, path)
     if "groups" in data and isinstance(data["groups"], list):  # LJSON v1
-        pts, names = [], []
+        pts, parts = [], []
         for g in data["groups"]:
-            for j, lm in enumerate(g.get("landmarks", [])):
-                pts.append(lm.get("point") or [math.nan] * 3)
-                names.append(f"{g.get('label', 'group')}_{j}")
-        return LandmarkPoints(_as_points(pts, path), None)
+            lms = g.get("landmarks", [])
+            parts.append((g.get("label", ""), list(range(len(pts), len(pts) + len(lms)))))
+            pts.extend(lm.get("point") or [math.nan] * 3 for lm in lms)
+        return LandmarkPoints(_in_ibug68_order(_as_points(pts, path), parts), None)
     raise InputFileError(path, "unrecognised landmark JSON", "expected menpo LJSON or scalismo JSON")
 
 
@@ -147,7 +148,41 @@ def _ljson_points(group: dict, path: Path) -> LandmarkPoints:
     if pts is None:
         raise InputFileError(path, "LJSON has no landmarks.points", "re-export the landmarks")
     pts = [[math.nan] * 3 if p is None else p for p in pts]
-    return LandmarkPoints(_as_points(pts, path), None)
+    labels = group.get("labels")
+    parts = [(g.get("label", ""), g.get("mask", [])) for g in labels if isinstance(g, dict)] \
+        if isinstance(labels, list) else []
+    return LandmarkPoints(_in_ibug68_order(_as_points(pts, path), parts), None)
+
+
+# menpo's groups of the iBUG-68 points (its labeller's names and menpo3d's short ones):
+# label -> (first iBUG index, count). menpo's "left" is the image's left, the subject's
+# right (iBUG 17-21 and 36-41).
+LJSON_IBUG68_PARTS = {
+    "jaw": (0, 17), "chin": (0, 17),
+    "left_eyebrow": (17, 5), "leyebrow": (17, 5), "right_eyebrow": (22, 5), "reyebrow": (22, 5),
+    "nose": (27, 9),
+    "left_eye": (36, 6), "leye": (36, 6), "right_eye": (42, 6), "reye": (42, 6),
+    "mouth": (48, 20),
+}
+
+
+def _in_ibug68_order(points: np.ndarray, parts: list[tuple[str, list]]) -> np.ndarray:
+    """``points`` (68, 3) put in iBUG-68 order when the LJSON groups ``parts`` (label,
+    row mask) are menpo's iBUG-68 parts in another order (menpo3d writes chin, leye, reye,
+    leyebrow, nose, reyebrow, mouth); any other file keeps its own row order."""
+    if len(points) != 68 or not parts:
+        return points
+    rows = np.full(68, -1)
+    for label, mask in parts:
+        part = LJSON_IBUG68_PARTS.get(re.sub(r"[^a-z]+", "_", str(label).lower()).strip("_"))
+        if part is None or not isinstance(mask, list) or len(mask) != part[1]:
+            return points
+        if not all(isinstance(m, int) and 0 <= m < 68 for m in mask):
+            return points
+        rows[part[0]:part[0] + part[1]] = mask
+    if (rows < 0).any() or len(set(rows.tolist())) != 68:
+        return points
+    return points[rows]
 
 
 def _as_points(pts, path: Path) -> np.ndarray:
