@@ -143,3 +143,21 @@ def test_menpo3d_james_ljson_matches_the_ibug_csv():
     ljson = read_landmark_points(shared_file("interop/james_menpo.ljson")).points
     csv_ = read_landmark_points(shared_file("scans/james_landmarks68.csv")).points
     np.testing.assert_allclose(ljson, csv_, atol=1e-3)
+
+
+def test_semicolon_csv_with_decimal_commas_and_a_point_name_column(tmp_path):
+    """Spreadsheets in decimal-comma locales write ';'-separated CSV; tools name the name
+    column in their own words ("Point name")."""
+    (tmp_path / "eu.csv").write_text("Punkt;x;y;z\nright eye outer;-31,5;40,25;12\nnose tip;0,5;5;45,125\n"
+                                     "left eye outer;33;41,5;11,75\n")
+    lp = read_landmark_points(tmp_path / "eu.csv")
+    assert lp.names == ("right eye outer", "nose tip", "left eye outer")
+    np.testing.assert_array_equal(lp.points, P[[0, 2, 1]])
+    (tmp_path / "plain.csv").write_text("-31,5;40,25;12\n;;\n0,5;5;45,125\n")
+    lp = read_landmark_points(tmp_path / "plain.csv")
+    assert lp.names is None and np.isnan(lp.points[1]).all()
+    np.testing.assert_array_equal(lp.points[[0, 2]], P[[0, 2]])
+    (tmp_path / "cc.csv").write_text("Point name,X,Y,Z\nright eye outer,-31.5,40.25,12\nnose tip,0.5,5,45.125\n")
+    lp = read_landmark_points(tmp_path / "cc.csv")
+    assert lp.names == ("right eye outer", "nose tip")
+    assert match_landmarks(IBUG, lp, "cc.csv").names == ("ibug36", "ibug30")

@@ -7,9 +7,10 @@ Two kinds of landmark files are read:
   nearest template vertex.
 * **point landmarks** on a scan (``LandmarkPoints``):
   CSV / TSV rows ``x,y,z`` (in the model's landmark order; empty or NaN rows are
-  missing) or ``name,x,y,z``; a header row that names the columns (``x, y, z`` or Slicer's
-  ``l, p, s`` / ``r, a, s``, with ``label`` / ``name`` / ``id``) picks them out of any
-  others; a header of the form ``x,y,z (mm); name one, name two, ...`` names the rows;
+  missing) or ``name,x,y,z`` (also semicolon-separated, with decimal commas); a header
+  row that names the columns (``x, y, z`` or Slicer's ``l, p, s`` / ``r, a, s``, with
+  ``label`` / ``name`` / ``id``, a column whose name holds "name" or "label", or else
+  the one text column) picks them out of any others; a header of the form ``x,y,z (mm); name one, name two, ...`` names the rows;
   menpo LJSON (v1, v2, v3; its iBUG-68 groups put in iBUG order whatever order the
   file lists them in); menpo / iBUG PTS; scalismo landmark JSON (``id``,
   ``coordinates``, optional ``uncertainty`` with ``stddevs`` and ``pcvectors``); MeshLab
@@ -215,6 +216,8 @@ def _header_columns(cells: list[str]):
     for axes, sign in (("xyz", 1.0), ("lps", 1.0), ("ras", RAS_TO_LPS)):
         if all(a in low for a in axes):
             name = next((low.index(c) for c in NAME_COLUMNS if c in low), None)
+            if name is None:  # "point name", "landmark_label", ...
+                name = next((i for i, c in enumerate(low) if "name" in c or "label" in c), None)
             defined = low.index("defined") if "defined" in low else None
             return [low.index(a) for a in axes], name, defined, sign
     return None
@@ -227,15 +230,33 @@ def _cells(row: list[str]) -> list[str]:
     return cells
 
 
+def _delimiter(text: str) -> str:
+    """The CSV delimiter: ";" for semicolon-separated files (spreadsheets write those in
+    decimal-comma locales; two or more ";" on the first row), else ","."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    return ";" if first.count(";") >= 2 else ","
+
+
 def _from_csv(text: str, path: Path) -> LandmarkPoints:
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and not r[0].lstrip().startswith("#")]
+    delimiter = _delimiter(text)
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter)
+            if r and not r[0].lstrip().startswith("#")]
     rows = [_cells(r) for r in rows]  # a blank (whitespace) row stays: a missing landmark
+    if delimiter == ";":  # decimal commas: "1,5" is 1.5
+        rows = [[c.replace(",", ".") if _is_number(c.replace(",", ".")) else c for c in r] for r in rows]
     header = None
     columns = None
     if rows and rows[0] and not _is_number(rows[0][-1]):
-        header = ",".join(rows[0])
-        columns = _header_columns(rows[0])
+        header_cells = rows[0]
+        header = ",".join(header_cells)
+        columns = _header_columns(header_cells)
         rows = rows[1:]
+        if columns is not None and columns[1] is None:  # one text column named otherwise ("Punkt")
+            others = [j for j in range(len(header_cells)) if j not in columns[0] and j != columns[2]]
+            text = [j for j in others if rows and all(j < len(r) and r[j] and not _is_number(r[j])
+                                                      for r in rows if any(r))]
+            if len(text) == 1:
+                columns = (columns[0], text[0], columns[2], columns[3])
     # headerless "index x y z" rows: distinct integers before three more numbers
     ids = [r[0] for r in rows]
     numbered = (columns is None and bool(rows) and all(len(r) >= 4 for r in rows)
