@@ -280,6 +280,19 @@ def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generat
     assert "landmarks are" in res.message and "mm (median) from the fit" in res.message
 
 
+def test_landmarks_in_other_units_give_a_clear_error(synth_model, generator, tmp_path):
+    """Landmarks written in other units than the scan (m for a mm scan, inches, mm for a
+    cm scan) are not on it: a one-line error names the file and the factor that fixes it."""
+    truth, raw = _case(generator, seed=5, units="mm")
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    pts = raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]])
+    for factor, fix in ((0.001, "scaled by 1000"), (1 / 25.4, "scaled by 25.4"), (10.0, "scaled by 0.1")):
+        path = tmp_path / f"lm_{factor:g}.csv"
+        path.write_text("".join(f"{n},{p[0]},{p[1]},{p[2]}\n" for n, p in zip(names, pts * factor)))
+        with pytest.raises(SSMError, match=f"lm_{factor:g}.csv: the landmarks are not on the scan.*{fix}"):
+            fit(synth_model, (raw.vertices, raw.faces), landmarks=path)
+
+
 def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_path):
     from typer.testing import CliRunner
 

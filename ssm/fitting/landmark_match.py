@@ -105,3 +105,50 @@ def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: s
     cov = None if lp.covariances is None else lp.covariances[rows]
     return MatchedLandmarks(np.array([model_landmarks[n] for n, _ in pairs]), lp.points[rows].copy(),
                             tuple(n for n, _ in pairs), cov)
+
+
+# median landmark-to-scan distance, as a share of the scan's extent, beyond which the
+# landmarks are not on the scan (wrong units or frame); and the unit factors tried to say so
+LANDMARKS_OFF_SCAN = 0.1
+LANDMARKS_OFF_SPREAD = 0.25  # ... or (3+ landmarks) of their own spread
+LANDMARKS_MIN_SPREAD = 0.01  # ... or 3+ landmarks spread over less than this share of it
+UNIT_FACTORS = (1000.0, 100.0, 10.0, 25.4, 0.1, 0.01, 0.001, 1.0 / 25.4)
+
+
+def check_landmarks_on_scan(points: np.ndarray, scan_tree, scan_extent: float, path: str = "landmarks") -> None:
+    """Raise :class:`InputFileError` when landmarks are not on the scan.
+
+    points : (L, 3) landmarks (scan frame and units); scan_tree : KD-tree of the scan
+    points; scan_extent : the scan's bounding-box diagonal (scan units). Landmarks lie on
+    or near the scanned surface and spread over a face: a median distance over
+    :data:`LANDMARKS_OFF_SCAN` of the scan's extent or (three or more) over
+    :data:`LANDMARKS_OFF_SPREAD` of their own spread, or three or more landmarks within
+    :data:`LANDMARKS_MIN_SPREAD` of it, say they were written in other units or another
+    frame, and the message names the unit factor that puts them on the scan, when one does.
+    """
+    pts = np.asarray(points, np.float64)
+    pts = pts[np.isfinite(pts).all(1)]
+    if not len(pts) or not scan_extent > 0:
+        return
+
+    def spread(p):  # the landmarks' extent relative to the scan's (0 for one landmark)
+        return float(np.linalg.norm(np.ptp(p, axis=0))) / scan_extent
+
+    def on_scan(p):  # near the scan, relative to its extent and (3+) to their own spread
+        near = float(np.median(scan_tree.query(p)[0])) / scan_extent
+        if len(p) < 3:
+            return near <= LANDMARKS_OFF_SCAN
+        return (near <= min(LANDMARKS_OFF_SCAN, LANDMARKS_OFF_SPREAD * spread(p))
+                and spread(p) >= LANDMARKS_MIN_SPREAD)
+
+    if on_scan(pts):
+        return
+    med = float(np.median(scan_tree.query(pts)[0]))
+    fix = "give them in the scan's units and frame"
+    for f in UNIT_FACTORS:
+        if on_scan(pts * f) and float(np.median(scan_tree.query(pts * f)[0])) <= 0.02 * scan_extent:
+            fix += f"; scaled by {f:g} they lie on it"
+            break
+    raise InputFileError(path, f"the landmarks are not on the scan (median {med:.3g} scan units from it, spread "
+                               f"over {spread(pts) * scan_extent:.3g}; the scan is {scan_extent:.3g} across)", fix)
+

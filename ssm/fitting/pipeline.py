@@ -14,7 +14,7 @@ from ssm.errors import InputFileError, SSMError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.init_auto import auto_similarity, select_start
 from ssm.fitting.init_landmarks import landmark_similarity
-from ssm.fitting.landmark_match import MatchedLandmarks, match_landmarks
+from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
 from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.nicp import nicp
@@ -105,6 +105,9 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     t_start = time.perf_counter()
     sc = _as_scan(scan)
     lms = _as_landmarks(model, landmarks)
+    if lms is not None:
+        check_landmarks_on_scan(lms.points, sc.tree, sc.diagonal,
+                                str(landmarks) if isinstance(landmarks, (str, os.PathLike)) else "landmarks")
     init_pose = _as_pose(pose)
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise SSMError(f"unknown device {device!r} (use auto, cpu or cuda)")
