@@ -339,6 +339,9 @@ def test_bad_inputs_give_clear_errors(synth_model, tmp_path):
     bad_pose.write_text("1 0 0\n0 1 0\n")
     with pytest.raises(SSMError, match="pose.txt: holds a"):
         fit(synth_model, np.random.default_rng(0).normal(size=(100, 3)) * 50, pose=bad_pose)
+    # a head about 300 mm across, said to be in metres: not fitted, told which units fit
+    with pytest.raises(SSMError, match="implausible for units=m .*pass --units mm"):
+        fit(synth_model, np.random.default_rng(0).normal(size=(100, 3)) * 50, units="m")
 
 
 # ---------------------------------------------------------------- ICT targets

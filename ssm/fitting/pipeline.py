@@ -26,7 +26,7 @@ from ssm.fitting.correspondence import find_correspondences
 from ssm.fitting.uncertainty import fit_stddev
 from ssm.geometry.similarity import Similarity, fit_similarity
 from ssm.geometry.torch_ops import smooth_uncertain
-from ssm.io.units import MM_PER_UNIT, mm_per_unit
+from ssm.io.units import MM_PER_UNIT, check_head_units, mm_per_unit
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise SSMError(f"unknown device {device!r} (use auto, cpu or cuda)")
     units_per_mm = None if units in (None, "auto") else 1.0 / mm_per_unit(units)
+    if units_per_mm is not None:  # a scan in other units than given fails to fit, obscurely
+        check_head_units(sc.points, units, sc.path, trim=0.01)
     similarity_model = str(model.provenance.get("align", "similarity")) == "similarity"
     fixed_scale = units_per_mm if (units_per_mm is not None and not similarity_model) else None
     stages: list[StageReport] = []

@@ -30,12 +30,16 @@ def guess_units(diagonal: float) -> str | None:
     return None
 
 
-def check_head_units(vertices: np.ndarray, units: str, path) -> None:
+def check_head_units(vertices: np.ndarray, units: str, path, trim: float = 0.0) -> None:
     """Raise a clear error when ``vertices`` in ``units`` are not head-sized.
 
-    vertices : (N, 3) coordinates in ``units``; path names the file in the message.
+    vertices : (N, 3) coordinates in ``units``; path names the file in the message;
+    trim : share of the points left out at each end of each axis (stray points of a raw
+    scan), 0 for the whole box.
     """
-    diag = float(np.linalg.norm(np.ptp(vertices, axis=0)))
+    v = np.asarray(vertices, np.float64)
+    lo_q, hi_q = np.quantile(v, [trim, 1.0 - trim], axis=0) if trim > 0 else (v.min(0), v.max(0))
+    diag = float(np.linalg.norm(hi_q - lo_q))
     lo, hi = HEAD_DIAGONAL_MM
     size_mm = diag * mm_per_unit(units)
     if lo <= size_mm <= hi:
