@@ -3,7 +3,9 @@
 Same model and held-out ICT subjects as ``bench_fitting.py`` (frontal scan, 0.3 mm
 noise, 0.8 mm sampling, 3 holes, 1 % outliers, 68 landmarks with 1.5 mm noise, random
 rigid pose), then one thing changed at a time: a point cloud instead of a mesh (with
-or without the normals a scanner writes; 68, 7 or no landmarks), more noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
+or without the normals a scanner writes; 68, 7 or no landmarks), one camera turned 45 or
+80 degrees (a three-quarter view, a profile: the other side of the face unseen but
+scored), more noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
 written with inverted winding, a wall behind the head, hair over the scalp (18 mm, with
 a fringe: the scanner sees the hair, the truth is the skin). Scored: mean per-vertex
 correspondence error on the narrow face (mm) and wall time, next to the standard case.
@@ -34,6 +36,10 @@ VARIANTS = {
     "point cloud, 7 landmarks": ({}, "7", "cloud"),
     "point cloud with the scanner's normals, 7 landmarks": ({}, "7", "cloud+normals"),
     "point cloud with the scanner's normals, no landmarks": ({}, "none", "cloud+normals"),
+    "three-quarter view (45 deg), 7 landmarks": ({"views": 45.0}, "7", None),
+    "three-quarter view (45 deg), no landmarks": ({"views": 45.0}, "none", None),
+    "profile view (80 deg), 68 landmarks": ({"views": 80.0}, "68", None),
+    "profile view (80 deg), no landmarks": ({"views": 80.0}, "none", None),
     "noise 1.0 mm": ({"noise_mm": 1.0}, "68", None),
     "outliers 5 %": ({"outlier_fraction": 0.05}, "68", None),
     "units m": ({"units": "m"}, "68", None),

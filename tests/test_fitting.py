@@ -280,6 +280,24 @@ def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generat
     assert "landmarks are" in res.message and "mm (median) from the fit" in res.message
 
 
+def test_raw_scan_views_see_the_side_they_face(generator):
+    """A camera turned 80 degrees about the vertical axis sees one side of the head
+    (x > centre), a frontal one both; anything else is refused."""
+    rng = np.random.default_rng(3)
+    truth = generator.heads(rng.standard_normal(generator.fields.shape[0]))[0]
+    c = truth.mean(0)
+    for views, side in (("frontal", None), (80.0, 1.0), (-80.0, -1.0)):
+        raw = make_raw_scan(truth, generator.triangles, views=views, n_holes=0, outlier_fraction=0.0, pose=False,
+                            seed=3)
+        x = raw.vertices[:, 0] - c[0]
+        if side is None:
+            assert abs(np.mean(x > 0) - 0.5) < 0.1
+        else:
+            assert np.mean(side * x > 0) > 0.85
+    with pytest.raises(ValueError, match="views must be"):
+        make_raw_scan(truth, generator.triangles, views="top")
+
+
 def test_landmarks_in_other_units_give_a_clear_error(synth_model, generator, tmp_path):
     """Landmarks written in other units than the scan (m for a mm scan, inches, mm for a
     cm scan) are not on it: a one-line error names the file and the factor that fixes it."""

@@ -95,13 +95,15 @@ def punch_holes(points: np.ndarray, faces: np.ndarray, n_holes: int, radius_mm: 
     return points[keep], f[(f >= 0).all(1)]
 
 
-def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str = "frontal",
+def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | float = "frontal",
                   spacing_mm: float = 0.8, noise_mm: float = 0.3, n_holes: int = 3,
                   hole_radius_mm: float = 6.0, outlier_fraction: float = 0.01,
                   units: str = "mm", pose: bool = True, seed: int = 0) -> RawScan:
     """Simulate a raw scan of a head mesh (mm, face looking along +z, y up).
 
-    views : "frontal" (one camera in front) or "three" (front, left and right, merged).
+    views : "frontal" (one camera in front), "three" (front, left and right, merged) or
+        a number: one camera turned by that many degrees about the vertical axis (45: a
+        three-quarter view, 90: a profile).
     units : scan units ("mm", "cm", "m"); pose: apply a random similarity-free rigid
         transform (the unit change is the scale).
     """
@@ -109,14 +111,19 @@ def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str = "fro
 
     rng = np.random.default_rng(seed)
     centre = vertices.mean(0)
-    front = centre + np.array([0.0, 0.0, 600.0])
-    eyes = [front]
-    if views == "three":
-        for ang in (-60.0, 60.0):
-            a = np.deg2rad(ang)
-            eyes.append(centre + 600.0 * np.array([np.sin(a), 0.0, np.cos(a)]))
-    elif views != "frontal":
-        raise ValueError(f"views must be 'frontal' or 'three', got {views!r}")
+    def camera(yaw_deg: float) -> np.ndarray:  # 600 mm from the centre, turned about y
+        a = np.deg2rad(yaw_deg)
+        return centre + 600.0 * np.array([np.sin(a), 0.0, np.cos(a)])
+
+    if views == "frontal":
+        eyes = [camera(0.0)]
+    elif views == "three":
+        eyes = [camera(0.0), camera(-60.0), camera(60.0)]
+    else:
+        try:
+            eyes = [camera(float(views))]
+        except (TypeError, ValueError):
+            raise ValueError(f"views must be 'frontal', 'three' or an angle in degrees, got {views!r}") from None
     pts_all, faces_all, off = [], [], 0
     for eye in eyes:
         p, f = range_scan(vertices, triangles, eye, centre, spacing_mm, noise_mm, rng=rng)
