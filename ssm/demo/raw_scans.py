@@ -111,6 +111,7 @@ def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | floa
 
     rng = np.random.default_rng(seed)
     centre = vertices.mean(0)
+
     def camera(yaw_deg: float) -> np.ndarray:  # 600 mm from the centre, turned about y
         a = np.deg2rad(yaw_deg)
         return centre + 600.0 * np.array([np.sin(a), 0.0, np.cos(a)])

@@ -151,4 +151,3 @@ def check_landmarks_on_scan(points: np.ndarray, scan_tree, scan_extent: float, p
             break
     raise InputFileError(path, f"the landmarks are not on the scan (median {med:.3g} scan units from it, spread "
                                f"over {spread(pts) * scan_extent:.3g}; the scan is {scan_extent:.3g} across)", fix)
-

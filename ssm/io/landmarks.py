@@ -10,7 +10,8 @@ Two kinds of landmark files are read:
   missing) or ``name,x,y,z`` (also semicolon-separated, with decimal commas); a header
   row that names the columns (``x, y, z`` or Slicer's ``l, p, s`` / ``r, a, s``, with
   ``label`` / ``name`` / ``id``, a column whose name holds "name" or "label", or else
-  the one text column) picks them out of any others; a header of the form ``x,y,z (mm); name one, name two, ...`` names the rows;
+  the one text column) picks them out of any others; a header of the form
+  ``x,y,z (mm); name one, name two, ...`` names the rows;
   menpo LJSON (v1, v2, v3; its iBUG-68 groups put in iBUG order whatever order the
   file lists them in); menpo / iBUG PTS; scalismo landmark JSON (``id``,
   ``coordinates``, optional ``uncertainty`` with ``stddevs`` and ``pcvectors``); MeshLab
@@ -253,10 +254,10 @@ def _from_csv(text: str, path: Path) -> LandmarkPoints:
         rows = rows[1:]
         if columns is not None and columns[1] is None:  # one text column named otherwise ("Punkt")
             others = [j for j in range(len(header_cells)) if j not in columns[0] and j != columns[2]]
-            text = [j for j in others if rows and all(j < len(r) and r[j] and not _is_number(r[j])
-                                                      for r in rows if any(r))]
-            if len(text) == 1:
-                columns = (columns[0], text[0], columns[2], columns[3])
+            text_cols = [j for j in others if rows and all(j < len(r) and r[j] and not _is_number(r[j])
+                                                           for r in rows if any(r))]
+            if len(text_cols) == 1:
+                columns = (columns[0], text_cols[0], columns[2], columns[3])
     # headerless "index x y z" rows: distinct integers before three more numbers
     ids = [r[0] for r in rows]
     numbered = (columns is None and bool(rows) and all(len(r) >= 4 for r in rows)
