@@ -392,6 +392,19 @@ def test_ict_heldout_targets(ict_model, views, landmarks, limit):
     assert np.mean(errs) < limit, errs
 
 
+def _fit_with_and_without(ict, model, case, option: str) -> dict:
+    """Fit an ICT held-out ``case`` with the ``FitConfig`` flag ``option`` on and off:
+    {on: (FitResult, (N,) per-vertex error against the truth, mm)}."""
+    import dataclasses
+
+    runs = {}
+    for on in (True, False):
+        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
+                  config=dataclasses.replace(FitConfig(), **{option: on}))
+        runs[on] = res, np.linalg.norm(case.scan.to_scan.inverse().apply(res.vertices) - case.truth, axis=1)
+    return runs
+
+
 @pytest.mark.slow
 def test_ict_expression_landmark_warp(ict_model):
     """An expression the identity model does not span, 68 landmarks: the landmark warp
@@ -399,25 +412,18 @@ def test_ict_expression_landmark_warp(ict_model):
     kept there in NICP) beats the plain fit by a clear margin (1.25 against 1.79 mm; the
     issue's 0.8 mm is not reached: see the README), and the reported stddev stays
     calibrated."""
-    import dataclasses
-
     from ssm.demo.ict_cases import heldout_case
 
     ict, model = ict_model
     case = heldout_case(ict, 0, views="frontal", landmarks="68", expression=True)
-    errs = {}
-    for on in (True, False):
-        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
-                  config=dataclasses.replace(FitConfig(), landmark_warp=on))
-        est = case.scan.to_scan.inverse().apply(res.vertices)
-        errs[on] = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face].mean()
-        if on:
-            warp = next(st for st in res.stages if st.name == "landmark_warp")
-            assert warp.extra["refit"] and 0.05 < warp.extra["region_fraction"] < 0.3
-            assert warp.extra["deformation_components"] > 0
-            # the stddev takes the warp's own uncertainty where the model does not hold
-            err = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face]
-            assert 0.85 <= np.mean(err < 2 * res.stddev_mm[: ict.narrow_face]) <= 0.99
+    runs = _fit_with_and_without(ict, model, case, "landmark_warp")
+    errs = {on: err[: ict.narrow_face].mean() for on, (_, err) in runs.items()}
+    res, err = runs[True]
+    warp = next(st for st in res.stages if st.name == "landmark_warp")
+    assert warp.extra["refit"] and 0.05 < warp.extra["region_fraction"] < 0.3
+    assert warp.extra["deformation_components"] > 0
+    # the stddev takes the warp's own uncertainty where the model does not hold
+    assert 0.85 <= np.mean(err[: ict.narrow_face] < 2 * res.stddev_mm[: ict.narrow_face]) <= 0.99
     assert errs[True] < 0.8 * errs[False] and errs[True] < 1.35, errs
 
 
@@ -462,21 +468,14 @@ def test_ict_hair_is_left_out(ict_model):
     """18 mm of hair over the scalp and a fringe: the occlusion stage finds it (the
     'occluded' vertices are where the hair is) and the face fits nearly as without hair;
     without the stage the hair drags the skull, and the face with it."""
-    import dataclasses
-
     from ssm.demo.ict_cases import hair_weight, heldout_case
 
     ict, model = ict_model
     case = heldout_case(ict, 0, views="frontal", landmarks="68", hair_mm=18.0)
-    errs, occluded = {}, None
-    for on in (True, False):
-        res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
-                  config=dataclasses.replace(FitConfig(), occlusion=on))
-        est = case.scan.to_scan.inverse().apply(res.vertices)
-        errs[on] = np.linalg.norm(est - case.truth, axis=1)[: ict.narrow_face].mean()
-        if on:
-            occluded = res.occluded
-            assert res.summary()["occluded_fraction"] == pytest.approx(occluded.mean())
+    runs = _fit_with_and_without(ict, model, case, "occlusion")
+    errs = {on: err[: ict.narrow_face].mean() for on, (_, err) in runs.items()}
+    occluded = runs[True][0].occluded
+    assert runs[True][0].summary()["occluded_fraction"] == pytest.approx(occluded.mean())
     w = hair_weight(ict, case.truth)
     hair, bare = w > 0.5, w == 0
     seen = case.truth[:, 2] > case.truth[ict.landmarks68[0], 2]  # in front of the ears: the frontal scan sees it

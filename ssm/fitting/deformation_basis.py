@@ -64,7 +64,8 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float) 
 
     The first K components are the model's, with the same standardised coefficients, so
     ``coeffs[:K]`` of a fit of the augmented model are the identity's. The basis is kept
-    in float32, already scaled (variances 1), and shared with :func:`scaled_basis`.
+    in float32, already scaled (variances 1), and shared with :func:`scaled_basis`;
+    instances come from :func:`ssm.fitting.model_fit.basis_instance`.
     """
     phi = scaled_basis(model)  # (N, 3, K) float32
     n, _, k = phi.shape
@@ -78,10 +79,3 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float) 
                      landmarks=model.landmarks, units=model.units)
     object.__setattr__(out, "_scaled_basis_f32", aug)  # the cache scaled_basis reads: no float64 copy
     return out
-
-
-def augmented_instance(model: ShapeModel, coeffs: np.ndarray) -> np.ndarray:
-    """(N, 3) float64 instance of an :func:`augmented_model` (by its float32 basis)."""
-    phi = scaled_basis(model)
-    flat = phi.reshape(-1, phi.shape[2])
-    return model.mean + (flat @ np.asarray(coeffs, np.float32)).reshape(-1, 3).astype(np.float64)

@@ -131,23 +131,24 @@ def check_landmarks_on_scan(points: np.ndarray, scan_tree, scan_extent: float, p
     if not len(pts) or not scan_extent > 0:
         return
 
-    def spread(p):  # the landmarks' extent relative to the scan's (0 for one landmark)
-        return float(np.linalg.norm(np.ptp(p, axis=0))) / scan_extent
+    def placement(p):  # (median distance to the scan, spread), both as shares of its extent
+        return (float(np.median(scan_tree.query(p)[0])) / scan_extent,
+                float(np.linalg.norm(np.ptp(p, axis=0))) / scan_extent)
 
-    def on_scan(p):  # near the scan, relative to its extent and (3+) to their own spread
-        near = float(np.median(scan_tree.query(p)[0])) / scan_extent
-        if len(p) < 3:
+    def on_scan(near, spread):  # relative to the scan's extent and (3+) to their own spread
+        if len(pts) < 3:
             return near <= LANDMARKS_OFF_SCAN
-        return (near <= min(LANDMARKS_OFF_SCAN, LANDMARKS_OFF_SPREAD * spread(p))
-                and spread(p) >= LANDMARKS_MIN_SPREAD)
+        return near <= min(LANDMARKS_OFF_SCAN, LANDMARKS_OFF_SPREAD * spread) and spread >= LANDMARKS_MIN_SPREAD
 
-    if on_scan(pts):
+    near, spread = placement(pts)
+    if on_scan(near, spread):
         return
-    med = float(np.median(scan_tree.query(pts)[0]))
     fix = "give them in the scan's units and frame"
     for f in UNIT_FACTORS:
-        if on_scan(pts * f) and float(np.median(scan_tree.query(pts * f)[0])) <= 0.02 * scan_extent:
+        near_f, spread_f = placement(pts * f)
+        if on_scan(near_f, spread_f) and near_f <= 0.02:
             fix += f"; scaled by {f:g} they lie on it"
             break
-    raise InputFileError(path, f"the landmarks are not on the scan (median {med:.3g} scan units from it, spread "
-                               f"over {spread(pts) * scan_extent:.3g}; the scan is {scan_extent:.3g} across)", fix)
+    raise InputFileError(path, f"the landmarks are not on the scan (median {near * scan_extent:.3g} scan units from "
+                               f"it, spread over {spread * scan_extent:.3g}; the scan is {scan_extent:.3g} across)",
+                         fix)

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import augmented_instance, augmented_model, smooth_deformation_basis
+from ssm.fitting.deformation_basis import augmented_model, smooth_deformation_basis
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, fit_model
+from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, scaled_basis
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.models.shape_model import ShapeModel
@@ -192,7 +192,7 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
         aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, keep, fixed_scale, coeffs=coeffs,
                                  candidates=None if occluded is None else ~occluded)
         state = dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components])
-        start = augmented_instance(aug, aug_state.coeffs)
+        start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
         x = model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
         extra.update(deformation_components=int(aug.n_components - model.n_components),

@@ -52,9 +52,10 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
     return phi
 
 
-def _instance(model: ShapeModel, phi_all: np.ndarray | None, c: np.ndarray, k: int) -> np.ndarray:
+def basis_instance(model: ShapeModel, phi_all: np.ndarray | None, c: np.ndarray, k: int) -> np.ndarray:
     """(N, 3) float64 instance for the first ``k`` coefficients, by the float32 basis
-    (half the memory traffic of ``model.instance``, which matters once per iteration)."""
+    ``phi_all`` (:func:`scaled_basis`): half the memory traffic of ``model.instance``,
+    which matters once per iteration, and no float64 copy of a large basis."""
     if phi_all is None or k == 0:
         return model.instance(c)
     flat = phi_all.reshape(-1, phi_all.shape[2])[:, :k]
@@ -205,7 +206,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 # linear rate; stepping past the solve roughly halves the iterations needed
                 c[:k] += config.overrelaxation * (c_new - c[:k])
             c[k:] = 0.0
-            x = _instance(model, phi_all, c, k)
+            x = basis_instance(model, phi_all, c, k)
             # after a joint shape-pose solve the pose needs only a touch (2 steps, not 3)
             pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane, steps=2 if k else 3)
             history.append(med)
