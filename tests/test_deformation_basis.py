@@ -1,4 +1,5 @@
-"""Deformation basis: its fields reproduce the Gaussian kernel in the region, fade outside,
+"""Deformation basis: for a point model its fields reproduce the Euclidean Gaussian kernel
+in the region and fade outside (the heat kernel of a mesh: tests/test_mesh_spectrum.py),
 and the augmented model keeps the identity's components and coefficients."""
 
 import numpy as np
@@ -14,11 +15,16 @@ def _sheet(n_side: int = 45, size_mm: float = 180.0) -> np.ndarray:
     return np.stack([u.ravel(), v.ravel(), 0.002 * (u.ravel() - 90) ** 2], 1)
 
 
+def _points(x: np.ndarray) -> ShapeModel:
+    """A point model (no triangles) on x: its fields use the Euclidean kernel."""
+    return ShapeModel(x, np.zeros((3 * len(x), 1)), np.ones(1))
+
+
 def test_fields_reproduce_the_kernel_inside_and_fade_outside():
     x = _sheet()
     region = x[:, 0] < 60.0
     length, taper = 20.0, 15.0
-    f = smooth_deformation_basis(x, region, length, taper, np.random.default_rng(0))
+    f = smooth_deformation_basis(_points(x), x, region, length, taper, np.random.default_rng(0))
     assert 10 < f.shape[1] < 200
     cov = f @ f.T  # the covariance of sum_j b_j f_j, b ~ N(0, I)
     inside = np.flatnonzero(region & (x[:, 1] > 40) & (x[:, 1] < 140))[::7]
@@ -36,7 +42,7 @@ def test_fields_reproduce_the_kernel_inside_and_fade_outside():
 
 def test_empty_region_gives_no_fields():
     x = _sheet(10)
-    assert smooth_deformation_basis(x, np.zeros(len(x), bool), 20.0, 15.0, np.random.default_rng(0)).shape == (100, 0)
+    assert smooth_deformation_basis(_points(x), x, np.zeros(len(x), bool), 20.0, 15.0, np.random.default_rng(0)).shape == (100, 0)
 
 
 def test_augmented_model_keeps_the_identity():
@@ -45,7 +51,7 @@ def test_augmented_model_keeps_the_identity():
     n, k = len(x), 5
     basis, _ = np.linalg.qr(rng.normal(size=(3 * n, k)))
     model = ShapeModel(x, basis, np.array([25.0, 16.0, 9.0, 4.0, 1.0]))
-    fields = smooth_deformation_basis(x, x[:, 0] < 50, 30.0, 20.0, rng)
+    fields = smooth_deformation_basis(model, x, x[:, 0] < 50, 30.0, 20.0, rng)
     m = fields.shape[1]
     aug = augmented_model(model, fields, amplitude_mm=2.0)
     assert aug.n_components == k + 3 * m

@@ -409,7 +409,7 @@ def _fit_with_and_without(ict, model, case, option: str) -> dict:
 def test_ict_expression_landmark_warp(ict_model):
     """An expression the identity model does not span, 68 landmarks: the landmark warp
     (the model refitted with a smooth deformation field over the warped region, landmarks
-    kept there in NICP) beats the plain fit by a clear margin (1.25 against 1.79 mm; the
+    kept there in NICP) beats the plain fit by a clear margin (1.08 against 1.79 mm; the
     issue's 0.8 mm is not reached: see the README), and the reported stddev stays
     calibrated."""
     from ssm.demo.ict_cases import heldout_case
@@ -424,7 +424,7 @@ def test_ict_expression_landmark_warp(ict_model):
     assert warp.extra["deformation_components"] > 0
     # the stddev takes the warp's own uncertainty where the model does not hold
     assert 0.85 <= np.mean(err[: ict.narrow_face] < 2 * res.stddev_mm[: ict.narrow_face]) <= 0.99
-    assert errs[True] < 0.8 * errs[False] and errs[True] < 1.35, errs
+    assert errs[True] < 0.7 * errs[False] and errs[True] < 1.2, errs
 
 
 @pytest.mark.slow
