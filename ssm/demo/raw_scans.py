@@ -98,14 +98,15 @@ def punch_holes(points: np.ndarray, faces: np.ndarray, n_holes: int, radius_mm: 
 def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | float = "frontal",
                   spacing_mm: float = 0.8, noise_mm: float = 0.3, n_holes: int = 3,
                   hole_radius_mm: float = 6.0, outlier_fraction: float = 0.01,
-                  units: str = "mm", pose: bool = True, seed: int = 0) -> RawScan:
+                  units: str = "mm", pose: bool = True, seed: int = 0, fov_mm: float = 320.0) -> RawScan:
     """Simulate a raw scan of a head mesh (mm, face looking along +z, y up).
 
     views : "frontal" (one camera in front), "three" (front, left and right, merged) or
         a number: one camera turned by that many degrees about the vertical axis (45: a
         three-quarter view, 90: a profile).
     units : scan units ("mm", "cm", "m"); pose: apply a random similarity-free rigid
-        transform (the unit change is the scale).
+        transform (the unit change is the scale); fov_mm : each range image's width and
+        height at the mesh's centre (320: a head; 560: head and shoulders).
     """
     from ssm.io.units import mm_per_unit
 
@@ -127,7 +128,7 @@ def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | floa
             raise ValueError(f"views must be 'frontal', 'three' or an angle in degrees, got {views!r}") from None
     pts_all, faces_all, off = [], [], 0
     for eye in eyes:
-        p, f = range_scan(vertices, triangles, eye, centre, spacing_mm, noise_mm, rng=rng)
+        p, f = range_scan(vertices, triangles, eye, centre, spacing_mm, noise_mm, fov_mm, rng=rng)
         pts_all.append(p)
         faces_all.append(f + off)
         off += len(p)
