@@ -16,6 +16,10 @@ Methods, all from the same landmark similarity initialisation where landmarks ex
 * ``menpo3d``   ``menpo3d.correspond.non_rigid_icp`` when it is importable (optional extra).
 Baselines run on the first subject of the cases in ``BASELINE_CASES``.
 
+The expression with 7 landmarks and none, where the landmark warp cannot apply: the
+default fit and ``ssm, --expression-field 1`` (a deformation field over the whole
+model), and what the field costs on the neutral cases.
+
 Last, the frontal 68-landmark cases again with a second model whose corpus also holds
 expression scans of the training identities (``ssm, model with expressions``): what a
 user with expression data gets on the expression case, and what it costs on neutral scans.
@@ -95,6 +99,32 @@ def expression_model_rows(ict, seeds: int) -> list[dict]:
                          "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
                          "seconds": time.perf_counter() - t, "converged": res.converged,
                          "scan_vertices": len(case.scan.vertices), "model_components": model.n_components})
+    return rows
+
+
+def expression_field_rows(ict, model, seeds: int, amplitude_mm: float = 1.0) -> list[dict]:
+    """The frontal cases with 7 landmarks and none, with the held-out expression (default
+    fit and ``--expression-field``) and neutral (with the field: what it costs)."""
+    import dataclasses
+
+    from ssm.demo.ict_cases import heldout_case
+    from ssm.fitting.config import FitConfig
+    from ssm.fitting.pipeline import fit
+
+    with_field = dataclasses.replace(FitConfig(), expression_field_mm=amplitude_mm)
+    rows = []
+    for lmk in ("7", "none"):
+        for expr, configs in ((True, (("ssm", FitConfig()), (f"ssm, --expression-field {amplitude_mm:g}", with_field))),
+                              (False, ((f"ssm, --expression-field {amplitude_mm:g}", with_field),))):
+            for seed in range(seeds):
+                case = heldout_case(ict, seed, views="frontal", landmarks=lmk, expression=expr, units="mm")
+                for method, cfg in configs:
+                    t = time.perf_counter()
+                    res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks, config=cfg)
+                    rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
+                                 "method": method, "seconds": time.perf_counter() - t, "converged": res.converged,
+                                 "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
+                                 "scan_vertices": len(case.scan.vertices)})
     return rows
 
 
@@ -224,6 +254,7 @@ def main() -> None:
                         except Exception as exc:  # optional / broken baselines are reported, not fatal
                             rows.append({**base, "method": meth, "error": f"{type(exc).__name__}: {exc}"[:160]})
             print(f"  {name} seed {seed} done", flush=True)
+    rows += expression_field_rows(ict, model, args.seeds)
     rows += expression_model_rows(ict, args.seeds)
     # table
     print(f"\nFitting, narrow-face correspondence error (mm) and time (s); model {model.n_components} components")

@@ -21,16 +21,24 @@ gets a Gaussian of the Euclidean distance (:func:`gaussian_fields`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ssm.fitting.model_fit import scaled_basis
+from ssm.fitting.config import FitConfig
+from ssm.fitting.landmark_match import MatchedLandmarks
+from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, scaled_basis
+from ssm.fitting.scan import Scan
 from ssm.geometry.mesh_spectrum import Harmonics, low_harmonics
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
+
+# the refit with a deformation field starts from the model fit: a short anneal of the prior
+REFIT_PRIOR = (16.0, 4.0, 1.0)
+REFIT_ITERATIONS = 3
 
 NYSTROEM_POINTS = 600  # kernel points of the Euclidean low-rank expansion (a 600 x 600 eigenproblem)
 EIGEN_TOL = 1e-3  # eigenfunctions below this share of the largest eigenvalue are dropped
@@ -136,3 +144,30 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float) 
                      landmarks=model.landmarks, units=model.units)
     object.__setattr__(out, "_scaled_basis_f32", aug)  # the cache scaled_basis reads: no float64 copy
     return out
+
+
+def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
+                   amplitude_mm: float, lms: MatchedLandmarks | None, lm_keep: np.ndarray | None,
+                   fixed_scale: float | None, occluded: np.ndarray | None = None
+                   ) -> tuple[ModelFitState, np.ndarray, int]:
+    """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
+    with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
+    ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
+    (:func:`smooth_deformation_basis`), the prior anneals over :data:`REFIT_PRIOR`, on
+    the whole scan and the landmarks ``lms[lm_keep]``; ``occluded`` (N,) vertices stay out.
+
+    Returns the state with the identity's coefficients (K,) and pose, the instance with
+    the field (N, 3) model frame, mm, and the number of field components (3 per field).
+    """
+    x = model.instance(state.coeffs)
+    fields = smooth_deformation_basis(model, x, region, cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm,
+                                      np.random.default_rng(cfg.seed + 3))
+    aug = augmented_model(model, fields, amplitude_mm)
+    refit_cfg = dataclasses.replace(cfg, component_schedule=(aug.n_components,) * len(REFIT_PRIOR),
+                                    prior_schedule=REFIT_PRIOR, iterations_per_level=REFIT_ITERATIONS)
+    coeffs = np.concatenate([state.coeffs, np.zeros(aug.n_components - model.n_components)])
+    aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, lm_keep, fixed_scale, coeffs=coeffs,
+                             candidates=None if occluded is None else ~occluded)
+    start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
+    return (dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components]), start,
+            aug.n_components - model.n_components)

@@ -33,7 +33,6 @@ follows space rather than the skin (it ties the two lips together) gave 1.20 mm.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import augmented_model, smooth_deformation_basis
+from ssm.fitting.deformation_basis import fit_with_field
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, scaled_basis
+from ssm.fitting.model_fit import ModelFitState
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.models.shape_model import ShapeModel
@@ -58,9 +57,6 @@ LENGTHS_MM = (10.0, 20.0, 40.0)  # candidate correlation lengths (face features,
 # smaller one on. A larger region says the landmarks are defined differently from the
 # model's (james's jaw contour: 53 %) or the whole fit is off, and the fit is left as it is.
 WARP_REFIT_FRACTION = (0.01, 0.45)
-# the refit with the deformation field starts from the model fit: a short anneal of the prior
-REFIT_PRIOR = (16.0, 4.0, 1.0)
-REFIT_ITERATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -182,20 +178,12 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
              "region_fraction": round(share, 4), "refit": refit, "applied": applied}
     start, final = x, warp
     if refit:
-        fields = smooth_deformation_basis(model, x, region, cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm,
-                                          np.random.default_rng(cfg.seed + 3))
         amplitude = max(warp.amplitude_mm, 1.0)
-        aug = augmented_model(model, fields, amplitude)
-        refit_cfg = dataclasses.replace(cfg, component_schedule=(aug.n_components,) * len(REFIT_PRIOR),
-                                        prior_schedule=REFIT_PRIOR, iterations_per_level=REFIT_ITERATIONS)
-        coeffs = np.concatenate([state.coeffs, np.zeros(aug.n_components - model.n_components)])
-        aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, keep, fixed_scale, coeffs=coeffs,
-                                 candidates=None if occluded is None else ~occluded)
-        state = dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components])
-        start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
+        state, start, n_fields = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep, fixed_scale,
+                                                occluded)
         x = model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
-        extra.update(deformation_components=int(aug.n_components - model.n_components),
+        extra.update(deformation_components=int(n_fields),
                      deformation_amplitude_mm=round(amplitude, 4),
                      deformation_rms_mm=round(float(np.sqrt(((start - x) ** 2).sum(1).mean())), 4),
                      residual_warp_max_mm=round(float(final.magnitude.max()), 4))

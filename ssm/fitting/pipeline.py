@@ -11,6 +11,7 @@ import numpy as np
 
 from ssm.errors import InputFileError, SSMError
 from ssm.fitting.config import FitConfig
+from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.init_auto import auto_similarity, select_start
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
@@ -171,6 +172,13 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         state, x_model = warp.state, warp.x_model
         if warp.report is not None:
             stages.append(warp.report)
+
+    # 4c (opt-in): a deformation field over the whole model, where the warp found no region
+    if cfg.expression_field_mm > 0 and warp.region is None:
+        state, x_model, start, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale,
+                                                            occluded)
+        warp = WarpOutcome(state, x_model, start)
+        stages.append(rep)
 
     # 5: non-rigid ICP
     x = warp.start
