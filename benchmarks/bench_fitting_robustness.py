@@ -71,13 +71,10 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
 
         surface = with_hair(ict, truth, 18.0)
     triangles = ict.triangles
-    if edit == "shoulders":  # a bust: a torso (an ellipsoid 380 x 260 x 220 mm) under the neck
-        import trimesh
+    if edit == "shoulders":  # a bust: a torso under the neck
+        from ssm.demo.ict_cases import with_shoulders
 
-        ball = trimesh.creation.icosphere(subdivisions=3)
-        torso = ball.vertices * [190.0, 130.0, 110.0] + [0.0, truth[:, 1].min() - 125.0, truth[:, 2].mean() - 30.0]
-        surface = np.concatenate([surface, torso])
-        triangles = np.concatenate([triangles, ball.faces + len(truth)])
+        surface, triangles = with_shoulders(surface, triangles)
     raw = make_raw_scan(surface, triangles, seed=20_000 + seed, **raw_kw)
     rng = np.random.default_rng(seed)
     lm_mm = truth[ict.landmarks68] + rng.normal(0, 1.5, (68, 3))

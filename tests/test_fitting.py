@@ -498,3 +498,21 @@ def test_ict_hair_is_left_out(ict_model):
     seen = case.truth[:, 2] > case.truth[ict.landmarks68[0], 2]  # in front of the ears: the frontal scan sees it
     assert occluded[hair & seen].mean() > 0.8 and occluded[bare].mean() < 0.08
     assert errs[True] < 0.75 and errs[True] < 0.8 * errs[False], errs
+
+
+@pytest.mark.slow
+def test_ict_bust_without_landmarks(ict_model):
+    """Head and shoulders, no landmarks: the whole-scan search lays a head twice the size
+    over head and torso; the window search finds the head, and the fit is as good as on a
+    head alone."""
+    from ssm.demo.ict_cases import subjects, with_shoulders
+    from ssm.demo.raw_scans import make_raw_scan
+
+    ict, model = ict_model
+    truth = subjects(ict, 1, 10_001)[0]
+    raw = make_raw_scan(*with_shoulders(truth, ict.triangles), seed=20_001, fov_mm=560.0)
+    res = fit(model, (raw.vertices, raw.faces))
+    err = np.linalg.norm(raw.to_scan.inverse().apply(res.vertices) - truth, axis=1)[: ict.narrow_face].mean()
+    init = next(st for st in res.stages if st.name == "auto_init")
+    assert init.extra["window_starts"] > 0
+    assert res.converged and err < 1.0, err

@@ -109,6 +109,18 @@ def with_hair(ict: ICT, head: np.ndarray, hair_mm: float) -> np.ndarray:
     return head + (hair_mm * hair_weight(ict, head))[:, None] * vertex_normals(head, ict.triangles)
 
 
+def with_shoulders(head: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bust: ``head`` (N, 3) mm with a torso under the neck, an ellipsoid 380 x 260 x
+    220 mm (642 vertices) whose top meets the neck. Returns (vertices (N + 642, 3),
+    triangles); the head's vertices come first, unchanged. Scan it with a wider camera
+    (``make_raw_scan(..., fov_mm=560)``)."""
+    import trimesh
+
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    torso = ball.vertices * [190.0, 130.0, 110.0] + [0.0, head[:, 1].min() - 125.0, head[:, 2].mean() - 30.0]
+    return np.concatenate([head, torso]), np.concatenate([triangles, ball.faces + len(head)])
+
+
 def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "68",
                  expression: bool = False, landmark_sigma_mm: float = 1.5, units: str = "cm",
                  noise_mm: float = 0.3, spacing_mm: float = 0.8, hair_mm: float = 0.0) -> Case:

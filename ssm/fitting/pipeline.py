@@ -12,7 +12,7 @@ import numpy as np
 from ssm.errors import InputFileError, SSMError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
-from ssm.fitting.init_auto import auto_similarity, select_start
+from ssm.fitting.init_auto import WINDOW_SEARCH_SCORE, auto_similarity, select_start, window_starts
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
@@ -135,13 +135,29 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         sim = starts[0]
 
     # normals take their side from the initialised model (point clouds; inverted meshes)
-    sc = orient_normals(sc, sim.apply(model.mean), instance_normals(model, model.mean) @ sim.rotation.T,
-                        near=10.0 * sim.scale)
+    def oriented(scan: Scan, pose: Similarity) -> Scan:
+        return orient_normals(scan, pose.apply(model.mean), instance_normals(model, model.mean) @ pose.rotation.T,
+                              near=10.0 * pose.scale)
+
+    raw_sc, sc = sc, oriented(sc, sim)
     if starts is not None:  # the model chooses among the search's best distinct starts
         t0 = time.perf_counter()
-        sim, scores = select_start(model, sc, starts, cfg, fixed_scale)
+        # a mesh's winding is voted by the placed model: each start votes for itself
+        # (cheap for a mesh; a cloud's per-point sides stay with the search's best)
+        per_start = (lambda pose: oriented(raw_sc, pose)) if raw_sc.oriented else None
+        sim, scores = select_start(model, sc, starts, cfg, fixed_scale, orient=per_start)
+        windows = 0
+        if min(scores, default=0.0) > WINDOW_SEARCH_SCORE:  # the head may be part of the scan (a bust)
+            more = window_starts(model, raw_sc, cfg, fixed_scale if fixed_scale else units_per_mm)
+            windows = len(more)
+            if more:
+                sim, more_scores = select_start(model, sc, [sim] + more, cfg, fixed_scale, orient=per_start)
+                scores = scores + more_scores[1:]
+        if per_start is not None:
+            sc = per_start(sim)
         stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,
-                                          extra={**rep.extra, "candidate_scores": scores}))
+                                          extra={**rep.extra, "candidate_scores": scores,
+                                                 "window_starts": windows}))
 
     # 3: rigid / similarity refinement (pose only)
     t0 = time.perf_counter()
