@@ -10,8 +10,8 @@ itself; ``FitConfig.expression_field_mm`` (``--expression-field MM``) switches i
 the whole model: the model plus a Gaussian process along its surface
 (:func:`ssm.fitting.deformation_basis.fit_with_field`), as scalismo's augmented models.
 On the ICT expression cases (``benchmarks/bench_fitting.py``) 1 mm takes 7 landmarks
-from 1.97 to 1.55 mm and no landmarks from 2.04 to 1.59 mm; on neutral scans it costs
-0.64 -> 0.79 and 0.70 -> 0.80 mm, which is why it is off by default.
+from 1.97 to 1.54 mm and no landmarks from 2.04 to 1.59 mm; on neutral scans it costs
+0.64 -> 0.78 and 0.70 -> 0.80 mm, which is why it is off by default.
 """
 
 from __future__ import annotations
