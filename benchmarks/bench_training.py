@@ -69,7 +69,7 @@ def worker(kind: str, corpus: str, k: int) -> dict:
         from ssm.training.trainer import ModelTrainer
 
         pca = "streamed" if kind == "ssm streamed" else "auto"
-        m = ModelTrainer(k, pca=pca, device="cpu").fit(corpus).model_
+        m = ModelTrainer(k, pca=pca, device="cuda" if kind == "ssm cuda" else "cpu").fit(corpus).model_
         var = m.variances
         method = m.provenance["pca_method"]
     else:
@@ -100,6 +100,9 @@ def main() -> None:
         kind, corpus, k = args.worker
         print(json.dumps(worker(kind, corpus, int(k))))
         return
+    import torch
+
+    cuda = torch.cuda.is_available()  # then a row with the PCA on the GPU too
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
@@ -107,7 +110,7 @@ def main() -> None:
             t0 = time.perf_counter()
             source = make_corpus(path, n)
             gen_s = time.perf_counter() - t0
-            for kind in ("ssm streamed", "ssm auto", "sklearn"):
+            for kind in ("ssm streamed", "ssm auto", "sklearn") + (("ssm cuda",) if cuda else ()):
                 out = subprocess.run([sys.executable, __file__, "--worker", kind, str(path), str(args.components)],
                                      capture_output=True, text=True)
                 if out.returncode != 0:
@@ -131,7 +134,8 @@ def main() -> None:
               f"{r['method']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"components": args.components, "rows": rows,
-                                    "machine": {"cpus": os.cpu_count()}}, indent=2))
+                                    "machine": {"cpus": os.cpu_count(),
+                                                "gpu": torch.cuda.get_device_name() if cuda else None}}, indent=2))
     print(f"wrote {args.out}")
 
 
