@@ -52,10 +52,11 @@ class FitConfig:
         (its heat kernel; 45-60 mm give 1.065-1.075 mm over 10 expression cases);
         warp_basis_taper_mm : how far outside the region it fades (Gaussian).
       expression_field_mm : when the landmark warp does not apply (fewer than 20
-        landmarks, or none), refit the model with a smooth deformation field of this
-        amplitude over the whole model (:mod:`ssm.fitting.expression_field`), for scans
-        known to show an expression; 0 (the default) leaves it out: it costs neutral
-        scans accuracy.
+        landmarks, none, or landmarks that disagree with the fit over more than 45 % of
+        the model; with 20+ that agree, the warp decides), refit the model with a smooth
+        deformation field of this amplitude over the whole model
+        (:mod:`ssm.fitting.expression_field`), for scans known to show an expression; 0
+        (the default) leaves it out: it costs neutral scans accuracy.
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
         mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
