@@ -56,6 +56,8 @@ VARIANTS = {
     "head and shoulders, 68 landmarks": ({"fov_mm": 560.0}, "68", "shoulders"),
     "head and shoulders, 7 landmarks": ({"fov_mm": 560.0}, "7", "shoulders"),
     "head and shoulders, no landmarks": ({"fov_mm": 560.0}, "none", "shoulders"),
+    "head and shoulders, three-quarter view (45 deg), no landmarks": ({"fov_mm": 560.0, "views": 45.0}, "none",
+                                                                      "shoulders"),
 }
 
 

@@ -34,6 +34,7 @@ from ssm.io.units import HEAD_DIAGONAL_MM
 from ssm.models.shape_model import ShapeModel
 
 WINDOWS = 6  # k-means patches of the scan searched for a head within more (window_starts)
+WINDOW_GROWTH = 1.3  # window_starts keeps hypotheses at most this many times the window's size
 CROP_REACH = 1.15  # window_starts keeps the points within this many model radii of the placed model
 # a chosen start whose quick fit scores above this (median residual in mm over the share
 # of the scan explained; 1.7-6.7 on head scans, hair 10.5, busts 9-17) says the head may
@@ -138,6 +139,11 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
     return [k[2] for k in kept], rep
 
 
+def _rms(a: np.ndarray) -> float:
+    """RMS distance of points (P, 3) from their centroid."""
+    return float(np.sqrt(((a - a.mean(0)) ** 2).sum(1).mean()))
+
+
 def _search_inputs(model: ShapeModel, scan: Scan, config: FitConfig, rng: np.random.Generator):
     """(scan sample (P,) indices: up to ``auto_points`` off the border, the search target:
     (mean (N, 3), its normals, a 6000-vertex subset, its normals, a KD-tree of it))."""
@@ -180,9 +186,14 @@ def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,
         d = np.linalg.norm(p - c, axis=1)
         window = np.flatnonzero(d <= np.median(d))
         refined, _ = _search(p[window], nrm[window], target, config, rng, fixed_scale, tilted=False)
-        _, _, sim = min(refined, key=lambda h: h[0] / h[2].scale)
+        # a head within the window, not one grown over the scan: at most WINDOW_GROWTH
+        # times the window's own size
+        s_max = WINDOW_GROWTH * _rms(p[window]) / _rms(m) if fixed_scale is None else np.inf
+        sized = [h for h in refined if h[2].scale <= s_max] or refined
+        _, _, sim = min(sized, key=lambda h: h[0] / h[2].scale)
         for _ in range(3):  # re-crop around the placed model
-            reach = np.linalg.norm(p - sim.apply(m.mean(0)[None])[0], axis=1) < CROP_REACH * radius * sim.scale
+            reach = (np.linalg.norm(p - sim.apply(m.mean(0)[None])[0], axis=1)
+                     < CROP_REACH * radius * min(sim.scale, s_max))
             if reach.sum() < 50:
                 break
             sc, rot, tr, _ = _icp_batch(p[reach], target[4], target[2], target[3],
@@ -262,8 +273,7 @@ def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: 
     # facing the same way (for a full-head scan the mean normal is ~0: all vertices).
     view = normals.sum(0) / len(p)
     partial = np.linalg.norm(view) > 0.25
-    rms = lambda a: float(np.sqrt(((a - a.mean(0)) ** 2).sum(1).mean()))  # noqa: E731
-    s_full = rms(p) / rms(m)
+    s_full = _rms(p) / _rms(m)
     scales = [fixed_scale] if fixed_scale is not None else [s_full, s_full * 1.5]
     coarse = p if len(p) <= 400 else p[rng.choice(len(p), 400, replace=False)]
     tilts = [np.eye(3)]
