@@ -126,10 +126,8 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
     found.sort(key=lambda h: h[0])
     kept, placed = [], []
     for key_mm, score, sim in found:
-        x = sim.apply(m) / sim.scale  # the placed mean, scan frame in mm
-        if all(np.sqrt(((x - y) ** 2).sum(1).mean()) > 5.0 for y in placed):
+        if _distinct(sim, m, placed):
             kept.append((key_mm, score, sim))
-            placed.append(x)
         if len(kept) == candidates:
             break
     key_mm, score, sim = kept[0]
@@ -137,6 +135,16 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
                       extra={"hypotheses": n_hyps, "regions": len(regions), "scale": sim.scale,
                              "candidates_mm": [round(k[0], 3) for k in kept]})
     return [k[2] for k in kept], rep
+
+
+def _distinct(sim: Similarity, mean: np.ndarray, placed: list[np.ndarray]) -> bool:
+    """Whether ``sim`` places ``mean`` (N, 3) more than 5 mm RMS from every placement in
+    ``placed`` (scan frame, mm); if so, its placement is appended to ``placed``."""
+    x = sim.apply(mean) / sim.scale
+    if all(np.sqrt(((x - y) ** 2).sum(1).mean()) > 5.0 for y in placed):
+        placed.append(x)
+        return True
+    return False
 
 
 def _rms(a: np.ndarray) -> float:
@@ -199,10 +207,8 @@ def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,
             sc, rot, tr, _ = _icp_batch(p[reach], target[4], target[2], target[3],
                                         [(sim.scale, sim.rotation, sim.translation)], 8, 0.7, fixed_scale)
             sim = Similarity(float(sc[0]), rot[0], tr[0])
-        x = sim.apply(m) / sim.scale
-        if all(np.sqrt(((x - y) ** 2).sum(1).mean()) > 5.0 for y in placed):
+        if _distinct(sim, m, placed):
             starts.append(sim)
-            placed.append(x)
     return starts
 
 

@@ -151,9 +151,9 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     (:data:`WARP_REFIT_FRACTION`), the model is fitted again with a smooth deformation
     field over that region (:mod:`ssm.fitting.deformation_basis`: the heat kernel of the
     model's surface, ``cfg.warp_basis_length_mm`` long, fading over
-    ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude), jointly with the identity, on the whole scan and all the
-    landmarks: the identity stops bending to explain what it does not span, without
-    losing the region's data. The warp of the landmarks that fit still misses is added
+    ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude), jointly with the
+    identity, on the whole scan and all the landmarks: the identity stops bending to
+    explain what it does not span, without losing the region's data. The warp of the landmarks that fit still misses is added
     on top. Over more than 45 % the warp is reported but not applied. ``occluded`` (N,)
     bool: vertices the occlusion stage left out, left out of the refit too.
     """

@@ -116,6 +116,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         check_head_units(sc.points, units, sc.path, trim=0.01)
     similarity_model = str(model.provenance.get("align", "similarity")) == "similarity"
     fixed_scale = units_per_mm if (units_per_mm is not None and not similarity_model) else None
+    search_scale = fixed_scale if fixed_scale else units_per_mm  # the automatic search's scale, when known
     stages: list[StageReport] = []
     lm_mask = None
 
@@ -130,14 +131,14 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     else:
         if lms is not None:
             log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
-        starts, rep = auto_similarity(model, sc, cfg, fixed_scale if fixed_scale else units_per_mm,
-                                      candidates=cfg.auto_candidates)
+        starts, rep = auto_similarity(model, sc, cfg, search_scale, candidates=cfg.auto_candidates)
         sim = starts[0]
 
     # normals take their side from the initialised model (point clouds; inverted meshes)
+    mean_normals = instance_normals(model, model.mean)
+
     def oriented(scan: Scan, pose: Similarity) -> Scan:
-        return orient_normals(scan, pose.apply(model.mean), instance_normals(model, model.mean) @ pose.rotation.T,
-                              near=10.0 * pose.scale)
+        return orient_normals(scan, pose.apply(model.mean), mean_normals @ pose.rotation.T, near=10.0 * pose.scale)
 
     raw_sc, sc = sc, oriented(sc, sim)
     if starts is not None:  # the model chooses among the search's best distinct starts
@@ -148,7 +149,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         sim, scores = select_start(model, sc, starts, cfg, fixed_scale, orient=per_start)
         windows = 0
         if min(scores, default=0.0) > WINDOW_SEARCH_SCORE:  # the head may be part of the scan (a bust)
-            more = window_starts(model, raw_sc, cfg, fixed_scale if fixed_scale else units_per_mm)
+            more = window_starts(model, raw_sc, cfg, search_scale)
             windows = len(more)
             if more:
                 sim, more_scores = select_start(model, sc, [sim] + more, cfg, fixed_scale, orient=per_start)

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 import torch
 
+from ssm.geometry.mesh_ops import face_normals
 from ssm.geometry.torch_ops import cotangent_laplacian
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ def laplace_beltrami(vertices: np.ndarray, triangles: np.ndarray) -> tuple[sp.cs
     lap = cotangent_laplacian(torch.from_numpy(v.copy()), torch.from_numpy(f.copy()))
     (i, j), w = lap.indices().numpy(), lap.values().numpy()
     stiffness = -sp.csr_matrix((w, (i, j)), shape=(len(v), len(v)))
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    area = 0.5 * np.linalg.norm(face_normals(v, f), axis=1)
     mass = np.bincount(f.ravel(), np.repeat(area / 3.0, 3), minlength=len(v))
     floor = 1e-9 * max(float(mass.mean()), 1e-12)
     return stiffness, np.maximum(mass, floor)
