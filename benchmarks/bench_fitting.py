@@ -16,9 +16,10 @@ Methods, all from the same landmark similarity initialisation where landmarks ex
 * ``menpo3d``   ``menpo3d.correspond.non_rigid_icp`` when it is importable (optional extra).
 Baselines run on the first subject of the cases in ``BASELINE_CASES``.
 
-The expression with 7 landmarks and none, where the landmark warp cannot apply: the
-default fit and ``ssm, --expression-field 1`` (a deformation field over the whole
-model), and what the field costs on the neutral cases.
+The expression with 7 landmarks and none, where the landmark warp cannot apply and the
+expression field's probe decides: the same cases with ``--expression-field off`` (what
+the field buys), and the neutral ones with ``--expression-field on`` (what the field
+would cost a neutral scan if the probe let it through).
 
 Last, the frontal 68-landmark cases again with a second model whose corpus also holds
 expression scans of the training identities (``ssm, model with expressions``): what a
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 CASES = [("frontal", "68", False), ("frontal", "7", False), ("frontal", "none", False),
-         ("three", "7", False), ("three", "none", False), ("frontal", "68", True)]
+         ("three", "7", False), ("three", "none", False), ("frontal", "68", True), ("frontal", "7", True),
+         ("frontal", "none", True)]
 BASELINE_CASES = [("frontal", "68", False), ("frontal", "7", False), ("three", "7", False)]  # issue 3's, + 7 lm
 
 
@@ -102,29 +104,29 @@ def expression_model_rows(ict, seeds: int) -> list[dict]:
     return rows
 
 
-def expression_field_rows(ict, model, seeds: int, amplitude_mm: float = 1.0) -> list[dict]:
-    """The frontal cases with 7 landmarks and none, with the held-out expression (default
-    fit and ``--expression-field``) and neutral (with the field: what it costs)."""
+def expression_field_rows(ict, model, seeds: int) -> list[dict]:
+    """The frontal cases with 7 landmarks and none: with the held-out expression and
+    ``--expression-field off``, neutral with ``--expression-field on``."""
     import dataclasses
 
     from ssm.demo.ict_cases import heldout_case
     from ssm.fitting.config import FitConfig
     from ssm.fitting.pipeline import fit
 
-    with_field = dataclasses.replace(FitConfig(), expression_field_mm=amplitude_mm)
     rows = []
     for lmk in ("7", "none"):
-        for expr, configs in ((True, (("ssm", FitConfig()), (f"ssm, --expression-field {amplitude_mm:g}", with_field))),
-                              (False, ((f"ssm, --expression-field {amplitude_mm:g}", with_field),))):
+        for expr, method, cfg in ((True, "ssm, --expression-field off",
+                                   dataclasses.replace(FitConfig(), expression_field_mm=0.0)),
+                                  (False, "ssm, --expression-field on",
+                                   dataclasses.replace(FitConfig(), expression_field_gate_mm=0.0))):
             for seed in range(seeds):
                 case = heldout_case(ict, seed, views="frontal", landmarks=lmk, expression=expr, units="mm")
-                for method, cfg in configs:
-                    t = time.perf_counter()
-                    res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks, config=cfg)
-                    rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
-                                 "method": method, "seconds": time.perf_counter() - t, "converged": res.converged,
-                                 "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
-                                 "scan_vertices": len(case.scan.vertices)})
+                t = time.perf_counter()
+                res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks, config=cfg)
+                rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
+                             "method": method, "seconds": time.perf_counter() - t, "converged": res.converged,
+                             "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
+                             "scan_vertices": len(case.scan.vertices)})
     return rows
 
 

@@ -56,8 +56,8 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path):
                           "--components", "3", "--variance", "0.9"], capture_output=True, text=True)
     assert out.returncode == 2 and "not both" in out.stderr
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", str(tmp_path / "m.h5"), str(tmp_path / "s.ply"),
-                          "--out", str(tmp_path / "o"), "--expression-field", "-1"], capture_output=True, text=True)
-    assert out.returncode == 2 and "--expression-field must be 0 (off) or a positive amplitude" in out.stderr
+                          "--out", str(tmp_path / "o"), "--expression-field", "1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--expression-field must be auto, on or off" in out.stderr
 
 
 def test_cli_help_lists_commands():

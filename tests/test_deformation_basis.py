@@ -1,10 +1,12 @@
 """Deformation basis: for a point model its fields reproduce the Euclidean Gaussian kernel
 in the region and fade outside (the heat kernel of a mesh: tests/test_mesh_spectrum.py),
-and the augmented model keeps the identity's components and coefficients."""
+the augmented model keeps the identity's components and coefficients, and the relevance
+step keeps the field's freedom where it was used."""
 
 import numpy as np
 
-from ssm.fitting.deformation_basis import augmented_model, smooth_deformation_basis
+from ssm.fitting.deformation_basis import (RELEVANCE_FLOOR, _neighbour_average, augmented_model, relevance,
+                                          smooth_deformation_basis)
 from ssm.fitting.model_fit import basis_instance, scaled_basis
 from ssm.models.shape_model import ShapeModel
 
@@ -64,3 +66,22 @@ def test_augmented_model_keeps_the_identity():
     want = model.instance(c) + 2.0 * np.stack([fields @ b[a * m:(a + 1) * m] for a in range(3)], 1)
     assert np.allclose(got, want, atol=1e-3)
     assert np.allclose(instance(np.concatenate([c, np.zeros(3 * m)])), model.instance(c), atol=1e-3)
+
+
+def test_relevance_follows_the_used_field():
+    """A field of 3 mm over a patch (none elsewhere) keeps nearly 3x the amplitude inside
+    (the averaging blurs it over a few rings), a ramp at the border, and the floor far
+    away; each averaging row sums to one."""
+    x = _sheet(30)
+    model = _points(x)
+    average = _neighbour_average(model, x)
+    assert np.allclose(np.asarray(average.sum(axis=1)).ravel(), 1.0)
+    patch = np.linalg.norm(x[:, :2] - 90.0, axis=1) < 40.0
+    field = np.where(patch[:, None], [0.0, 3.0, 0.0], 0.0)
+    w = relevance(average, field, amplitude_mm=1.0)
+    centre = np.linalg.norm(x[:, :2] - 90.0, axis=1) < 15.0
+    far = np.linalg.norm(x[:, :2] - 90.0, axis=1) > 80.0
+    assert (w[centre] > 2.5).all() and (w[centre] <= 3.0 + 1e-9).all()
+    assert np.allclose(w[far], RELEVANCE_FLOOR)
+    edge = np.abs(np.linalg.norm(x[:, :2] - 90.0, axis=1) - 40.0) < 3.0
+    assert (w[edge] > 0.5).all() and (w[edge] < 2.6).all()

@@ -201,10 +201,10 @@ def fit(
                                               "without it; fit.ply marks those vertices 'occluded'."),
     landmark_warp: bool = typer.Option(True, help="With 20+ landmarks, follow them where they agree the model "
                                                   "fit is off (an expression an identity model does not span)."),
-    expression_field: float = typer.Option(0.0, help="For scans known to show an expression, with fewer than 20 "
-                                                     "landmarks: also fit a smooth deformation field of this "
-                                                     "amplitude (mm, e.g. 1-2) over the whole model. Costs neutral "
-                                                     "scans accuracy; 0: off."),
+    expression_field: str = typer.Option("auto", help="With fewer than 20 landmarks, a smooth deformation field "
+                                                      "over the whole model for what an identity model does not "
+                                                      "span (an expression): auto (when a quick probe finds the "
+                                                      "identity bending) | on (scans known to show one) | off."),
     preset: str = typer.Option("accurate", help="accurate | fast (about 1.3x faster with landmarks, "
                                                 "slightly less accurate)."),
     map_: List[str] = typer.Option([], "--map", help="Also fuse a UV position map: POS.npy:VAR.npy (fused.ply)."),
@@ -225,11 +225,13 @@ def fit(
     from ssm.io.model_file import load_model
 
     _setup_logging(verbose)
-    if not expression_field >= 0:
-        raise SSMError(f"--expression-field must be 0 (off) or a positive amplitude in mm, got {expression_field}")
+    if expression_field not in ("auto", "on", "off"):
+        raise SSMError(f"--expression-field must be auto, on or off, got {expression_field!r}")
     m = load_model(model)
-    cfg = dataclasses.replace(FitConfig.preset(preset), nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
-                              expression_field_mm=expression_field)
+    cfg = FitConfig.preset(preset)
+    cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
+                              expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
+                              expression_field_gate_mm=0.0 if expression_field == "on" else cfg.expression_field_gate_mm)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

@@ -147,11 +147,12 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
         keep = np.ones(len(landmarks), bool) if landmark_mask is None else landmark_mask
         lm_sel = (landmarks.vertex[keep], landmarks.points[keep],
                   None if landmarks.covariances is None else landmarks.covariances[keep])
-    x = model.instance(c)
+    # by the float32 basis: an augmented model (deformation_basis) has no float64 copy
+    x = basis_instance(model, phi_all, c, kmax)
     for k, prior_scale in zip(levels, scales):
         if np.any(c[k:]):  # a level with fewer components than the last one
             c[k:] = 0.0
-            x = model.instance(c)
+            x = basis_instance(model, phi_all, c, kmax)
         for _ in range(config.iterations_per_level):
             xs = pose.apply(x)
             ns = instance_normals(model, x) @ pose.rotation.T

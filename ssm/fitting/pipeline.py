@@ -190,11 +190,13 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         if warp.report is not None:
             stages.append(warp.report)
 
-    # 4c (opt-in): a deformation field over the whole model, where the warp found no region
+    # 4c: where the warp found no region, a deformation field over the whole model when a
+    # quick probe shows the identity bending to explain the scan (an expression)
     if cfg.expression_field_mm > 0 and warp.region is None:
         state, x_model, start, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale,
                                                             occluded)
-        warp = WarpOutcome(state, x_model, start)
+        if start is not None:
+            warp = WarpOutcome(state, x_model, start)
         stages.append(rep)
 
     # 5: non-rigid ICP
