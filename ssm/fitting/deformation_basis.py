@@ -115,8 +115,8 @@ def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np
     (N,) bool. A sum ``sum_j b_j field_j`` with ``b ~ N(0, I)`` is a Gaussian process of
     variance 1 and correlation length ``length_mm`` inside the region, along the model's
     surface (:func:`heat_kernel_fields`) or, for a model without triangles, in space
-    (:func:`gaussian_fields`; also where the mesh's eigenproblem fails), fading as ``exp(-d^2 / (2 taper_mm^2))`` with the distance
-    ``d`` from the region.
+    (:func:`gaussian_fields`; also where the mesh's eigenproblem fails), fading as
+    ``exp(-d^2 / (2 taper_mm^2))`` with the distance ``d`` from the region.
     """
     if not region.any():
         return np.zeros((len(vertices), 0))
@@ -181,26 +181,30 @@ def relevance(average: sp.csr_matrix, field: np.ndarray, amplitude_mm: float) ->
     return np.maximum(m / amplitude_mm, RELEVANCE_FLOOR)
 
 
-def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, x: np.ndarray
+def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray
                         ) -> tuple[np.ndarray, ShapeModel]:
     """The fields over the whole model (:func:`smooth_deformation_basis` with every vertex
-    in the region; ``x`` (N, 3) the fitted shape) and the model augmented with them at
-    ``amplitude_mm``. On a mesh they depend on the model alone, and are cached on it (a
-    cache, not state: the expression field's probe runs on every scan). The cache holds
-    float32 (N, 3, K + 3 M), about twice the model's own scaled basis (77 MB for the
-    11k-vertex ICT head)."""
-    region = np.ones(model.n_vertices, bool)
-    rng = np.random.default_rng(cfg.seed + 3)
-    if model.triangles is None or not len(model.triangles):
-        fields = smooth_deformation_basis(model, x, region, cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm, rng)
-        return fields, augmented_model(model, fields, amplitude_mm)
-    cache = model.__dict__.get("_whole_model_fields")
+    in the region, around the instance of ``coeffs`` (K,)) and the model augmented with
+    them at ``amplitude_mm``. On a mesh they depend on the model alone, and are cached on
+    it (a cache, not state: the expression field's probe runs on every scan). The cache
+    holds float32 (N, 3, K + 3 M), about twice the model's own scaled basis (77 MB for
+    the 11k-vertex ICT head)."""
+    mesh = model.triangles is not None and len(model.triangles) > 0
     key = (cfg.warp_basis_length_mm, amplitude_mm)
+    cache = model.__dict__.get("_whole_model_fields") if mesh else None
     if cache is None or cache[0] != key:
-        fields = smooth_deformation_basis(model, x, region, cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm, rng)
+        fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
+                                          cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm,
+                                          np.random.default_rng(cfg.seed + 3))
         cache = (key, fields, augmented_model(model, fields, amplitude_mm))
-        object.__setattr__(model, "_whole_model_fields", cache)
+        if mesh:
+            object.__setattr__(model, "_whole_model_fields", cache)
     return cache[1], cache[2]
+
+
+def vertex_rms(displacement: np.ndarray) -> float:
+    """RMS over the vertices of the length of a displacement (N, 3), mm."""
+    return float(np.sqrt((np.asarray(displacement) ** 2).sum(1).mean()))
 
 
 def _refit(model: ShapeModel, aug: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
@@ -231,10 +235,10 @@ def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfi
     on neutral faces (frontal, three-quarter and profile views, point clouds, hair) and
     1.36-1.57 mm with an expression (jaw open, smile, brows raised).
     """
-    _, aug = _whole_model_fields(model, cfg, amplitude_mm, model.instance(state.coeffs))
+    _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
     _, start, identity = _refit(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded, (1.0,),
                                 PROBE_ITERATIONS)
-    return float(np.sqrt(((start - identity) ** 2).sum(1).mean()))
+    return vertex_rms(start - identity)
 
 
 def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
@@ -254,12 +258,11 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     Returns the state with the identity's coefficients (K,) and pose, the instance with
     the field (N, 3) model frame, mm, and the number of field components (3 per field).
     """
-    x = model.instance(state.coeffs)
     if region.all():
-        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, x)
+        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
     else:
-        fields = smooth_deformation_basis(model, x, region, cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm,
-                                          np.random.default_rng(cfg.seed + 3))
+        fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
+                                          cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3))
         aug = augmented_model(model, fields, amplitude_mm)
     # without landmarks nothing pins the fit along the surface: one more iteration per
     # level, as in the model fit (no landmarks, expression cases: 1.60 -> 1.48 mm over 10)

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import field_rms, fit_with_field
+from ssm.fitting.deformation_basis import field_rms, fit_with_field, vertex_rms
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState
 from ssm.fitting.scan import Scan
@@ -41,35 +41,32 @@ RELEVANCE_ROUNDS = 2  # refits that re-weight the field by what the last one use
 def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
                            lms: MatchedLandmarks | None, lm_mask: np.ndarray | None, fixed_scale: float | None,
                            occluded: np.ndarray | None = None
-                           ) -> tuple[ModelFitState, np.ndarray, np.ndarray | None, StageReport]:
+                           ) -> tuple[tuple[ModelFitState, np.ndarray, np.ndarray] | None, StageReport]:
     """Probe for, and when found fit, a field of ``cfg.expression_field_mm`` over the model.
 
-    Returns the state (identity coefficients and pose), its identity instance (N, 3), the
-    instance with the field (N, 3; the start of non-rigid ICP) or None when the probe's
-    RMS stays under ``cfg.expression_field_gate_mm`` (then the state is ``state``),
-    model frame, mm, and the stage's report (extras: the probe's RMS, whether the field
-    was applied, its components and RMS over the vertices).
+    Returns (the state (identity coefficients and pose), its identity instance (N, 3) and
+    the instance with the field (N, 3; the start of non-rigid ICP), model frame, mm), or
+    None when the probe's RMS stays under ``cfg.expression_field_gate_mm`` and the fit is
+    left as it was; and the stage's report (extras: the probe's RMS, whether the field was
+    applied, its components and RMS over the vertices).
     """
     t0 = time.perf_counter()
     amplitude = cfg.expression_field_mm
     probe = None
     if cfg.expression_field_gate_mm > 0:
         probe = field_rms(model, scan, state, cfg, amplitude, lms, lm_mask, fixed_scale, occluded)
+    applied = probe is None or probe >= cfg.expression_field_gate_mm
     extra = {"amplitude_mm": amplitude, "probe_rms_mm": None if probe is None else round(probe, 4),
-             "gate_mm": cfg.expression_field_gate_mm}
-    if probe is not None and probe < cfg.expression_field_gate_mm:
-        corr = state.correspondences
-        mean, med = residual_stats([] if corr is None else corr.distance_mm)
-        return state, model.instance(state.coeffs), None, StageReport(
-            "expression_field", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
-            extra={**extra, "applied": False})
-    region = np.ones(model.n_vertices, bool)
-    state, start, n_fields = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask, fixed_scale,
-                                            occluded, relevance_rounds=RELEVANCE_ROUNDS)
-    x = model.instance(state.coeffs)
+             "gate_mm": cfg.expression_field_gate_mm, "applied": applied}
+    fitted = None
+    if applied:
+        region = np.ones(model.n_vertices, bool)
+        state, start, n_fields = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
+                                                fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS)
+        x = model.instance(state.coeffs)
+        fitted = (state, x, start)
+        extra.update(deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4))
     corr = state.correspondences
     mean, med = residual_stats([] if corr is None else corr.distance_mm)
-    rep = StageReport("expression_field", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
-                      extra={**extra, "applied": True, "deformation_components": int(n_fields),
-                             "deformation_rms_mm": round(float(np.sqrt(((start - x) ** 2).sum(1).mean())), 4)})
-    return state, x, start, rep
+    return fitted, StageReport("expression_field", time.perf_counter() - t0, mean, med,
+                               0 if corr is None else len(corr), extra=extra)

@@ -28,9 +28,10 @@ levels. On held-out ICT subjects with an expression (jaw open, smile, brows rais
 landmarks (``benchmarks/bench_fitting.py``, 10 subjects) this takes the narrow-face error
 from 1.83 to 1.07 mm; neutral scans fit as before. The relevance rounds that help the
 expression field (:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm
-over 10 subjects): the landmarks' region already keeps the field off the rest. Fitting the identity without the
-region instead (which loses the region's data) gave 1.39 mm; a field whose correlation
-follows space rather than the skin (it ties the two lips together) gave 1.20 mm.
+over 10 subjects): the landmarks' region already keeps the field off the rest. Fitting
+the identity without the region instead (which loses the region's data) gave 1.39 mm; a
+field whose correlation follows space rather than the skin (it ties the two lips
+together) gave 1.20 mm.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import fit_with_field
+from ssm.fitting.deformation_basis import fit_with_field, vertex_rms
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState
 from ssm.fitting.scan import Scan
@@ -155,8 +156,9 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     model's surface, ``cfg.warp_basis_length_mm`` long, fading over
     ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude), jointly with the
     identity, on the whole scan and all the landmarks: the identity stops bending to
-    explain what it does not span, without losing the region's data. The warp of the landmarks that fit still misses is added
-    on top. Over more than 45 % the warp is reported but not applied. ``occluded`` (N,)
+    explain what it does not span, without losing the region's data. The warp of the
+    landmarks that fit still misses is added on top. Over more than 45 % the warp is
+    reported but not applied. ``occluded`` (N,)
     bool: vertices the occlusion stage left out, left out of the refit too.
     """
     t0 = time.perf_counter()
@@ -187,7 +189,7 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
         extra.update(deformation_components=int(n_fields),
                      deformation_amplitude_mm=round(amplitude, 4),
-                     deformation_rms_mm=round(float(np.sqrt(((start - x) ** 2).sum(1).mean())), 4),
+                     deformation_rms_mm=round(vertex_rms(start - x), 4),
                      residual_warp_max_mm=round(float(final.magnitude.max()), 4))
     # residuals: the accepted landmarks' distances to the warped fit (to the fit when not applied)
     mean, med = residual_stats(np.linalg.norm(res - (final.field[lm_v] if applied else 0.0), axis=1))

@@ -193,9 +193,9 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     # 4c: where the warp found no region, a deformation field over the whole model when a
     # quick probe shows the identity bending to explain the scan (an expression)
     if cfg.expression_field_mm > 0 and warp.region is None:
-        state, x_model, start, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale,
-                                                            occluded)
-        if start is not None:
+        fitted, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
+        if fitted is not None:
+            state, x_model, start = fitted
             warp = WarpOutcome(state, x_model, start)
         stages.append(rep)
 
