@@ -73,6 +73,29 @@ def test_coefficient_solve_recovers_known_coefficients(synth_model):
     for pp in (None, 200):
         c = solve_coefficients(model, k, v, x, n, np.ones(len(v)), 1e-8, 0.7, pp_samples=pp)
         np.testing.assert_allclose(c, c_true, atol=1e-4)
+    # pure point-to-plane (the default): no point-to-point rows at all, same answer
+    c = solve_coefficients(model, k, v, x, n, np.ones(len(v)), 1e-8, 1.0)
+    np.testing.assert_allclose(c, c_true, atol=1e-4)
+    # with landmarks, which always count in 3D
+    lm = (v[:5], x[:5], np.full(5, 10.0))
+    c = solve_coefficients(model, k, v, x, n, np.ones(len(v)), 1e-8, 1.0, lm=lm)
+    np.testing.assert_allclose(c, c_true, atol=1e-4)
+
+
+def test_expression_offsets_sum_named_blendshapes_and_reject_unknown_names():
+    """The held-out expression is the weighted sum of the named ICT blendshapes; a name
+    the model lacks raises instead of being left out (it once dropped the brow raise)."""
+    from ssm.demo.ict_cases import HELDOUT_EXPRESSION, ICT, expression_offsets
+
+    rng = np.random.default_rng(0)
+    names = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R", "eyeBlink_L")
+    deltas = rng.standard_normal((len(names), 4, 3))
+    ict = ICT(np.zeros((4, 3)), np.zeros((1, 4, 3)), deltas, names, np.zeros((0, 3), int), np.arange(4), 4)
+    got = expression_offsets(ict, HELDOUT_EXPRESSION)
+    want = sum(HELDOUT_EXPRESSION[nm] * deltas[names.index(nm)] for nm in HELDOUT_EXPRESSION)
+    np.testing.assert_allclose(got, want)
+    with pytest.raises(KeyError, match="browInnerUp"):
+        expression_offsets(ict, {"browInnerUp": 0.5})
 
 
 def test_joint_pose_and_shape_step_recovers_both(synth_model):

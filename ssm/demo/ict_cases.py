@@ -65,6 +65,27 @@ def subjects(ict: ICT, n: int, seed: int, detail_mm: float = 0.8) -> np.ndarray:
     return out
 
 
+#: the held-out cases' expression (ICT blendshape weights): jaw open, a smile, brows raised
+HELDOUT_EXPRESSION = {"jawOpen": 0.35, "mouthSmile_L": 0.5, "mouthSmile_R": 0.5,
+                      "browInnerUp_L": 0.5, "browInnerUp_R": 0.5}
+
+
+def expression_offsets(ict: ICT, weights: dict[str, float]) -> np.ndarray:
+    """(N, 3) mm: the sum of the named ICT blendshapes times their weights.
+
+    Raises KeyError naming a blendshape the model does not have (a misspelt name would
+    otherwise leave that part of the expression out without a word).
+    """
+    names = list(ict.expression_names)
+    missing = [n for n in weights if n not in names]
+    if missing:
+        raise KeyError(f"no ICT blendshape named {missing} (have {names})")
+    w = np.zeros(len(names))
+    for name, val in weights.items():
+        w[names.index(name)] = val
+    return np.einsum("k,knd->nd", w, ict.expressions)
+
+
 def with_expressions(ict: ICT, identities: np.ndarray, seed: int, active: float = 0.1) -> np.ndarray:
     """(n, N, 3) ``identities`` (n, N, 3) each with a random expression, mm: every ICT
     blendshape is on with probability ``active``, at a weight drawn from U(0, 1).
@@ -132,12 +153,7 @@ def heldout_case(ict: ICT, seed: int, views: str = "frontal", landmarks: str = "
     rng = np.random.default_rng(10_000 + seed)
     truth = subjects(ict, 1, 10_000 + seed)[0]
     if expression:
-        names = list(ict.expression_names)
-        w = np.zeros(len(names))
-        for name, val in (("jawOpen", 0.35), ("mouthSmile_L", 0.5), ("mouthSmile_R", 0.5), ("browInnerUp", 0.5)):
-            if name in names:
-                w[names.index(name)] = val
-        truth = truth + np.einsum("k,knd->nd", w, ict.expressions)
+        truth = truth + expression_offsets(ict, HELDOUT_EXPRESSION)
     surface = with_hair(ict, truth, hair_mm) if hair_mm > 0 else truth
     raw = make_raw_scan(surface, ict.triangles, views=views, spacing_mm=spacing_mm, noise_mm=noise_mm, units=units,
                         seed=20_000 + seed)

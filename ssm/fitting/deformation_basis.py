@@ -14,8 +14,9 @@ one independent field per axis, with ``taper`` (1 in the region, a Gaussian of
 heat kernel of the model's surface (:func:`heat_kernel_fields`): the correlation falls
 with the distance *along the skin*, so the two lips of a closed mouth, a millimetre apart
 but joined only at the mouth corners, move independently (an open jaw), where a Gaussian
-of the Euclidean distance ties them together. On the ICT expression cases this takes the
-fit from 1.18 to 1.05 mm (``benchmarks/bench_fitting.py``). A model without triangles
+of the Euclidean distance ties them together. On the ICT expression cases this took the
+fit from 1.18 to 1.05 mm (``benchmarks/bench_fitting.py``, before the benchmark's
+expression raised the brows as it was meant to). A model without triangles
 gets a Gaussian of the Euclidean distance (:func:`gaussian_fields`).
 """
 
@@ -231,9 +232,10 @@ def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfi
     model, after :data:`PROBE_ITERATIONS` quick joint iterations at the full prior from
     the model fit ``state``: how much of the scan the identity explains only by bending.
 
-    On held-out ICT scans with fewer than 20 landmarks, a 1 mm field reaches 0.45-0.91 mm
-    on neutral faces (frontal, three-quarter and profile views, point clouds, hair) and
-    1.36-1.57 mm with an expression (jaw open, smile, brows raised).
+    On held-out ICT scans with fewer than 20 landmarks, a 1 mm field reaches 0.27-1.03 mm
+    on neutral faces (frontal, three-view, three-quarter and profile scans, point clouds,
+    hair, busts) and 1.8-2.1 mm with an expression (jaw open, smile, brows raised); see
+    :mod:`ssm.fitting.expression_field` for other expressions.
     """
     _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
     _, start, identity = _refit(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded, (1.0,),

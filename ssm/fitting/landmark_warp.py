@@ -25,8 +25,9 @@ the identity stops bending, and it keeps the region's data. The warp of what the
 landmarks still disagree with is added, and the result is the start of non-rigid ICP,
 which refines it along the scan normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
-landmarks (``benchmarks/bench_fitting.py``, 10 subjects) this takes the narrow-face error
-from 1.83 to 1.07 mm; neutral scans fit as before. The relevance rounds that help the
+landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
+from 1.87 to 1.01 mm (10 subjects, before the benchmark's expression raised the brows:
+1.83 to 1.07 mm); neutral scans fit as before. The relevance rounds that help the
 expression field (:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm
 over 10 subjects): the landmarks' region already keeps the field off the rest. Fitting
 the identity without the region instead (which loses the region's data) gave 1.39 mm; a

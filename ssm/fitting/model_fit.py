@@ -104,6 +104,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     n_surf = len(corr_vertex)
     stride = max(1, n_surf // pp_samples) if pp_samples else 1
     rows = np.concatenate([np.arange(0, n_surf, stride), np.arange(n_surf, len(verts))])
+    rows = rows[w_pp[rows] > 0]  # pure point-to-plane rows (the default) add nothing here
     sw = np.sqrt(w_pp[rows] * np.where(rows < n_surf, float(stride), 1.0)).astype(np.float32)  # (R,)
     sw3 = np.repeat(sw, 3)
     y_pp = (r[rows].reshape(-1) * sw3).astype(np.float32)
