@@ -82,6 +82,37 @@ def test_coefficient_solve_recovers_known_coefficients(synth_model):
     np.testing.assert_allclose(c, c_true, atol=1e-4)
 
 
+
+def test_model_fit_stops_at_a_collapsing_pose(synth_model, monkeypatch):
+    """A pose update that collapses the scale (a degenerate solve) ends the model fit at
+    the last sound iterate, reported as not converged, instead of handing on a model
+    shrunk to a point (which once came out as a negative scale and NaN residuals)."""
+    import ssm.fitting.model_fit as mf
+    from ssm.fitting.scan import scan_from_arrays
+
+    model = synth_model
+    x = model.instance(np.zeros(model.n_components))
+    scan = scan_from_arrays(x, model.triangles)
+    cfg = FitConfig(component_schedule=(5,), prior_schedule=None, iterations_per_level=4)
+    state, rep = mf.fit_model(model, scan, Similarity.identity(), cfg)
+    assert rep.converged and abs(state.pose.scale - 1.0) < 0.05
+
+    calls = []
+    real = mf._update_pose
+
+    def collapsing(*args, **kwargs):
+        pose = real(*args, **kwargs)
+        calls.append(pose.scale)
+        if len(calls) < 3:
+            return pose
+        return Similarity(pose.scale * 0.01, pose.rotation, pose.translation)
+
+    monkeypatch.setattr(mf, "_update_pose", collapsing)
+    state, rep = mf.fit_model(model, scan, Similarity.identity(), cfg)
+    assert not rep.converged
+    assert len(calls) == 3  # stopped at the first collapsed step
+    assert abs(state.pose.scale - calls[1]) < 1e-12 and np.isfinite(state.coeffs).all()
+
 def test_expression_offsets_sum_named_blendshapes_and_reject_unknown_names():
     """The held-out expression is the weighted sum of the named ICT blendshapes; a name
     the model lacks raises instead of being left out (it once dropped the brow raise)."""

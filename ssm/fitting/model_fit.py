@@ -25,6 +25,10 @@ from ssm.geometry.mesh_ops import vertex_normals
 from ssm.geometry.similarity import Similarity, similarity_jacobian, similarity_step, step_similarity
 from ssm.models.shape_model import ShapeModel
 
+# a model fit whose pose changes scale by more than this factor has collapsed (a few
+# correspondences on one side of the model, which shrinks onto them): it stops there
+MAX_SCALE_CHANGE = 3.0
+
 
 @dataclass(frozen=True)
 class ModelFitState:
@@ -150,11 +154,16 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                   None if landmarks.covariances is None else landmarks.covariances[keep])
     # by the float32 basis: an augmented model (deformation_basis) has no float64 copy
     x = basis_instance(model, phi_all, c, kmax)
+    diverged = False
+    scale0 = pose.scale
     for k, prior_scale in zip(levels, scales):
+        if diverged:
+            break
         if np.any(c[k:]):  # a level with fewer components than the last one
             c[k:] = 0.0
             x = basis_instance(model, phi_all, c, kmax)
         for _ in range(config.iterations_per_level):
+            last = (pose, c.copy(), x, corr)
             xs = pose.apply(x)
             ns = instance_normals(model, x) @ pose.rotation.T
             mm_per_unit = 1.0 / pose.scale
@@ -212,8 +221,15 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             # after a joint shape-pose solve the pose needs only a touch (2 steps, not 3)
             pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane, steps=2 if k else 3)
             history.append(med)
+            if not (np.isfinite(pose.scale) and scale0 / MAX_SCALE_CHANGE < pose.scale < scale0 * MAX_SCALE_CHANGE
+                    and np.isfinite(c).all() and np.isfinite(pose.translation).all()):
+                # a degenerate solve (too few correspondences left, all on one side: the
+                # model shrinks onto them): keep the last sound iterate, report no convergence
+                pose, c, x, corr = last
+                diverged = True
+                break
     mean, med = residual_stats(corr.distance_mm if corr is not None else [])
-    converged = corr is not None and len(corr) >= 10
+    converged = corr is not None and len(corr) >= 10 and not diverged
     rep = StageReport("model_fit", time.perf_counter() - t0, mean, med, 0 if corr is None else len(corr),
                       converged, extra={"components": levels, "median_history_mm": [round(h, 4) for h in history],
                                         "mahalanobis": float(np.linalg.norm(c))})

@@ -122,6 +122,7 @@ def occlusion_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fi
     gate = max(cfg.max_distance_mm, 25.0)
     mask = None
     history = []
+    failed = False
     # A large occluded region (hair) has dragged the whole fit: the model is fitted again
     # from its mean, with the prior annealed, and the test repeated while it shows more.
     # Scattered spots are left alone: on clean scans a refit without them changed the
@@ -135,11 +136,15 @@ def occlusion_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fi
         if share > MAX_FRACTION or (mask is None and largest_region(occ, adj) < LARGE_REGION):
             break
         grew = mask is None or share - float(mask.mean()) >= GROWTH_FRACTION
-        mask = new
+        previous, mask = mask, new
         if not grew:
             break
-        state, _ = fit_model(model, scan, state.pose, cfg, lms, keep, fixed_scale, candidates=~mask)
+        refit, refit_rep = fit_model(model, scan, state.pose, cfg, lms, keep, fixed_scale, candidates=~mask)
+        if not refit_rep.converged:  # too little left to fit: the fit was wrong to begin with
+            mask, failed = previous, True  # the state and mask of the last sound round
+            break
+        state = refit
     rep = StageReport("occlusion", time.perf_counter() - t0, float("nan"), float("nan"), 0,
                       extra={"occluded_fraction": 0.0 if mask is None else round(float(mask.mean()), 4),
-                             "fraction_per_round": history})
+                             "fraction_per_round": history, "refit_failed": failed})
     return state, mask, rep
