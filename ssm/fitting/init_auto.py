@@ -40,6 +40,10 @@ CROP_REACH = 1.15  # window_starts keeps the points within this many model radii
 # of the scan explained; 1.7-6.7 on head scans, hair 10.5, busts 9-17) says the head may
 # be only part of the scan: the pipeline then also tries window_starts
 WINDOW_SEARCH_SCORE = 6.0
+# distinct hypotheses beyond FitConfig.auto_candidates that the model also tries when the
+# best of those scores above WINDOW_SEARCH_SCORE, before the window search (a jaw-open face
+# without landmarks: the right start was the search's fourth or fifth)
+EXTRA_CANDIDATES = 2
 
 
 def _axes(p: np.ndarray) -> np.ndarray:

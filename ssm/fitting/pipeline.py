@@ -12,7 +12,8 @@ import numpy as np
 from ssm.errors import InputFileError, SSMError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
-from ssm.fitting.init_auto import WINDOW_SEARCH_SCORE, auto_similarity, select_start, window_starts
+from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, select_start,
+                                   window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
@@ -131,7 +132,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     else:
         if lms is not None:
             log.warning("%d landmark(s) are too few to initialise; using the automatic search", len(lms))
-        starts, rep = auto_similarity(model, sc, cfg, search_scale, candidates=cfg.auto_candidates)
+        starts, rep = auto_similarity(model, sc, cfg, search_scale, candidates=cfg.auto_candidates + EXTRA_CANDIDATES)
+        starts, extra_starts = starts[:cfg.auto_candidates], starts[cfg.auto_candidates:]
         sim = starts[0]
 
     # normals take their side from the initialised model (point clouds; inverted meshes)
@@ -147,6 +149,9 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         # (cheap for a mesh; a cloud's per-point sides stay with the search's best)
         per_start = (lambda pose: oriented(raw_sc, pose)) if raw_sc.oriented else None
         sim, scores = select_start(model, sc, starts, cfg, fixed_scale, orient=per_start)
+        if min(scores, default=0.0) > WINDOW_SEARCH_SCORE and extra_starts:  # the search's next best
+            sim, more_scores = select_start(model, sc, [sim] + extra_starts, cfg, fixed_scale, orient=per_start)
+            scores = scores + more_scores[1:]
         windows = 0
         if min(scores, default=0.0) > WINDOW_SEARCH_SCORE:  # the head may be part of the scan (a bust)
             more = window_starts(model, raw_sc, cfg, search_scale)
