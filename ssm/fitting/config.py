@@ -14,7 +14,8 @@ class FitConfig:
       ransac_threshold_mm, ransac_iterations : robust landmark similarity.
     Automatic initialisation
       auto_points : scan points used by the search; auto_icp_iterations per hypothesis;
-        auto_candidates : distinct hypotheses a short model fit chooses between.
+        auto_candidates : distinct hypotheses a short model fit chooses between (and
+        ``init_auto.EXTRA_CANDIDATES`` more when none of them explains the scan well).
     Rigid refinement
       rigid_iterations : similarity-only iterations before the model fit (the model fit
         solves the pose again, jointly with the shape); twice as many after the automatic
