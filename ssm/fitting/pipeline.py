@@ -149,16 +149,22 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         # (cheap for a mesh; a cloud's per-point sides stay with the search's best)
         per_start = (lambda pose: oriented(raw_sc, pose)) if raw_sc.oriented else None
         sim, scores = select_start(model, sc, starts, cfg, fixed_scale, orient=per_start)
-        if min(scores, default=0.0) > WINDOW_SEARCH_SCORE and extra_starts:  # the search's next best
-            sim, more_scores = select_start(model, sc, [sim] + extra_starts, cfg, fixed_scale, orient=per_start)
-            scores = scores + more_scores[1:]
+
+        def poor() -> bool:  # even the best start explains the scan poorly
+            return min(scores, default=0.0) > WINDOW_SEARCH_SCORE
+
+        def also_try(more: list[Similarity]) -> tuple[Similarity, list[float]]:  # the winner against more starts
+            best, more_scores = select_start(model, sc, [sim] + more, cfg, fixed_scale, orient=per_start)
+            return best, scores + more_scores[1:]
+
+        if poor() and extra_starts:  # the search's next best
+            sim, scores = also_try(extra_starts)
         windows = 0
-        if min(scores, default=0.0) > WINDOW_SEARCH_SCORE:  # the head may be part of the scan (a bust)
+        if poor():  # the head may be part of the scan (a bust)
             more = window_starts(model, raw_sc, cfg, search_scale)
             windows = len(more)
             if more:
-                sim, more_scores = select_start(model, sc, [sim] + more, cfg, fixed_scale, orient=per_start)
-                scores = scores + more_scores[1:]
+                sim, scores = also_try(more)
         if per_start is not None:
             sc = per_start(sim)
         stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,
