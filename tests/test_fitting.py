@@ -325,6 +325,33 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
     assert np.isfinite(res.stddev_mm).all()
 
 
+def test_brute_force_search_path_gives_the_same_fit(synth_model, generator, monkeypatch):
+    """The GPU's closest-point searches (brute force, :mod:`ssm.geometry.nearest`), run
+    here by torch on the CPU, give the KD-tree's fit: same vertices to float32 rounding
+    of near ties, and the same error against the truth."""
+    import ssm.fitting.scan as scan_mod
+    import ssm.geometry.nearest as nearest_mod
+    from ssm.fitting.scan import scan_from_arrays
+
+    truth, raw = _case(generator, seed=5)
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    lm = LandmarkPoints(raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]]), tuple(names))
+    kd = fit(synth_model, scan_from_arrays(raw.vertices, raw.faces), landmarks=lm, device="cpu")
+    monkeypatch.setattr(scan_mod, "is_cpu", lambda device: False)
+    monkeypatch.setattr(nearest_mod, "is_cpu", lambda device: False)
+    calls = []
+    query = nearest_mod.DevicePoints.query
+    monkeypatch.setattr(nearest_mod.DevicePoints, "query", lambda self, *a: calls.append(1) or query(self, *a))
+    brute = fit(synth_model, scan_from_arrays(raw.vertices, raw.faces), landmarks=lm, device="cpu")
+    assert len(calls) > 50  # both directions, every iteration of every stage
+    back = raw.to_scan.inverse()
+    face = generator.regions["face"]
+    e_kd = np.linalg.norm(back.apply(kd.vertices) - truth, axis=1)[face].mean()
+    e_bf = np.linalg.norm(back.apply(brute.vertices) - truth, axis=1)[face].mean()
+    assert abs(e_kd - e_bf) < 0.02, (e_kd, e_bf)
+    assert np.abs(back.apply(kd.vertices) - back.apply(brute.vertices)).max() < 0.5
+
+
 def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generator):
     """Landmarks all 40 mm off (another subject's, a wrong frame) agree with each other,
     so RANSAC keeps them, but the surface wins: the fit is returned, flagged."""

@@ -195,7 +195,8 @@ def fit(
                                                        "scans use {stem}, e.g. 'lm/{stem}.csv'."),
     pose: Optional[Path] = typer.Option(None, help="Initial model->scan pose: a text file with a 4x4 matrix."),
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda: where the closest-point searches and the "
+                                            "smoothing run (auto: a CUDA GPU when torch sees one)."),
     nicp: bool = typer.Option(True, help="Run the non-rigid ICP stage for detail outside the model."),
     occlusion: bool = typer.Option(True, help="Find where the scan is not skin (hair, a cap) and fit "
                                               "without it; fit.ply marks those vertices 'occluded'."),

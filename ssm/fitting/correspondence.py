@@ -6,7 +6,8 @@ point (model -> scan), and a sample of scan points looks for their nearest model
 on the scan's border are dropped, so a partial scan does not drag the unseen parts of the
 model onto its edge; scan -> model matches keep small scan regions from being ignored.
 Pairs farther than a gate or with incompatible normals are rejected, and the survivors
-get robust (Geman-McClure) weights.
+get robust (Geman-McClure) weights. The searches run where the scan says
+(:attr:`Scan.device`: KD-trees on the CPU, brute force on a GPU).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from ssm.fitting.scan import Scan
+from ssm.geometry.nearest import nearest
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,8 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     gate = gate_mm / mm_per_unit
     # model -> scan (only the allowed vertices are queried)
     idx_allowed = np.flatnonzero(allowed)
-    match_tree, match_idx = scan.match_tree
-    d_a, j_a = match_tree.query(verts[idx_allowed], distance_upper_bound=gate, workers=-1)
+    d_a, j_a = scan.nearest_match(verts[idx_allowed], gate)
     ok_a = np.isfinite(d_a)
-    j_a = match_idx[np.where(ok_a, j_a, 0)]
     ok_a &= ~scan.boundary[j_a]
     cos = (vnormals[idx_allowed] * scan.normals[j_a]).sum(1)
     ok_a &= (cos if scan.oriented else np.abs(cos)) >= normal_cos
@@ -77,8 +75,7 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
         chosen[rng.integers(0, len(pick), scan_samples)] = True
         pick = pick[chosen]
     if len(pick) and len(idx_allowed):
-        tree = cKDTree(verts[idx_allowed])
-        d2, i2 = tree.query(scan.points[pick], distance_upper_bound=gate, workers=-1)
+        d2, i2 = nearest(verts[idx_allowed], scan.points[pick], gate, scan.device)
         ok2 = np.isfinite(d2)
         vi = idx_allowed[np.where(ok2, i2, 0)]
         c2 = (vnormals[vi] * scan.normals[pick]).sum(1)

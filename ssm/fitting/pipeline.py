@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ssm.errors import InputFileError, SSMError
+from ssm.errors import InputFileError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, select_start,
@@ -76,6 +76,18 @@ def _as_pose(pose) -> Similarity | None:
     return Similarity.from_matrix(np.asarray(pose, dtype=np.float64))
 
 
+def search_device(device: str | None) -> str:
+    """"cpu", or the CUDA device (e.g. "cuda:0") that ``device`` ("auto" | "cpu" |
+    "cuda[:i]") names; "auto" takes CUDA when torch sees a GPU. Raises SSMError for an
+    unknown name, or "cuda" without a GPU."""
+    name = (device or "auto").lower()
+    if name == "cpu":
+        return "cpu"
+    from ssm.device import resolve_device
+
+    return str(resolve_device(name))
+
+
 def _units_name(units_per_mm: float) -> str:
     """The named unit within 20% of a fitted scale (scan units per mm), else 'unknown'.
 
@@ -98,8 +110,10 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         model's landmark order (NaN rows missing); scan frame and units.
     pose : initial model -> scan transform, (4, 4) array or path of a text file.
     units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
-    device : "auto" | "cpu" | "cuda" for the final smoothing (torch); the other stages
-        are sparse CPU work (KD-trees, small dense solves, a sparse LU).
+    device : "auto" | "cpu" | "cuda": where the closest-point searches (the bulk of the
+        fit's time on a CPU) and the final smoothing run; "auto" takes a CUDA GPU when
+        torch sees one (:func:`search_device`). The rest is CPU work (small dense solves,
+        a sparse LU).
     Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
     """
     cfg = config or FitConfig()
@@ -110,8 +124,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         check_landmarks_on_scan(lms.points, sc.tree, sc.diagonal,
                                 str(landmarks) if isinstance(landmarks, (str, os.PathLike)) else "landmarks")
     init_pose = _as_pose(pose)
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise SSMError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    dev = search_device(device)
+    sc = sc.on(dev)
     units_per_mm = None if units in (None, "auto") else 1.0 / mm_per_unit(units)
     if units_per_mm is not None:  # a scan in other units than given fails to fit, obscurely
         check_head_units(sc.points, units, sc.path, trim=0.01)
@@ -232,8 +246,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     if cfg.smooth_iterations > 0 and model.triangles is not None:
         t0 = time.perf_counter()
         pins = None if lms is None else np.unique(lms.vertex)
-        x = smooth_uncertain(x, model.triangles, stddev, cfg.smooth_iterations, pins,
-                             "cpu" if device == "auto" else device)
+        x = smooth_uncertain(x, model.triangles, stddev, cfg.smooth_iterations, pins, dev)
         stages.append(StageReport("smoothing", time.perf_counter() - t0, float("nan"), float("nan"), 0,
                                   extra={"iterations": cfg.smooth_iterations}))
     verts_scan = pose.apply(x)

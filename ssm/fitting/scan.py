@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from scipy.spatial import cKDTree
 from ssm.errors import InputFileError
 from ssm.geometry.mesh_ops import (boundary_vertices, component_labels, edge_counts, face_normals,
                                    vertex_normals, weld_vertices)
+from ssm.geometry.nearest import DevicePoints, is_cpu
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
@@ -34,6 +36,8 @@ class Scan:
     boundary : (P,) bool, on a border or hole of the surface (a model vertex matched
         there is probably beyond what the scanner saw); estimated for point clouds.
     path : file it came from, for messages.
+    device : where the fit's closest-point searches run: "cpu" (KD-trees) or a torch
+        device such as "cuda" (brute force, :mod:`ssm.geometry.nearest`); :meth:`on`.
     """
 
     points: np.ndarray
@@ -42,6 +46,15 @@ class Scan:
     oriented: bool
     boundary: np.ndarray
     path: str = "<array>"
+    device: str = "cpu"
+
+    def on(self, device: str) -> "Scan":
+        """The same scan with its closest-point searches on ``device`` (its caches kept)."""
+        if str(device) == self.device:
+            return self
+        out = dataclasses.replace(self, device=str(device))
+        _share_caches(self, out)
+        return out
 
     @property
     def tree(self) -> cKDTree:
@@ -74,6 +87,24 @@ class Scan:
                 t = (scan_tree(self.points[idx]), idx)
             object.__setattr__(self, "_match_tree", t)
         return t
+
+    def nearest_match(self, queries: np.ndarray, upper_bound: float) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest of the :attr:`match_tree` points to each query (Q, 3), scan frame.
+
+        Returns ``(d (Q,), j (Q,))``: the distance (scan units; inf beyond
+        ``upper_bound``) and the index into :attr:`points` (any value where ``d`` is inf),
+        by the KD-tree, or by a brute-force search on :attr:`device`.
+        """
+        tree, idx = self.match_tree
+        if is_cpu(self.device):
+            d, j = tree.query(queries, distance_upper_bound=upper_bound, workers=-1)
+        else:
+            cached = self.__dict__.get("_match_device")
+            if cached is None or cached[0] != self.device:  # uploaded once per device
+                cached = (self.device, DevicePoints(self.points[idx], self.device))
+                object.__setattr__(self, "_match_device", cached)
+            d, j = cached[1].query(queries, upper_bound)
+        return d, idx[np.where(np.isfinite(d), j, 0)]
 
     @property
     def matchable(self) -> np.ndarray:
@@ -180,11 +211,16 @@ def orient_normals(scan: Scan, ref_points: np.ndarray, ref_normals: np.ndarray, 
         flip = np.where(np.einsum("pd,pkd->p", scan.normals, ref_normals[j]) < 0, -1.0, 1.0)
         flip *= _side_consensus(scan, scan.normals * flip[:, None])
         faces = scan.faces
-    out = Scan(scan.points, faces, scan.normals * flip[:, None], True, scan.boundary, scan.path)
-    for cached in ("_tree", "_match_tree", "_matchable"):  # same points and normal support
+    out = Scan(scan.points, faces, scan.normals * flip[:, None], True, scan.boundary, scan.path, scan.device)
+    _share_caches(scan, out)
+    return out
+
+
+def _share_caches(scan: Scan, out: Scan) -> None:
+    """Hand ``scan``'s search structures to ``out`` (the same points and normal support)."""
+    for cached in ("_tree", "_match_tree", "_matchable", "_match_device"):
         if cached in scan.__dict__:
             object.__setattr__(out, cached, scan.__dict__[cached])
-    return out
 
 
 def _side_consensus(scan: Scan, normals: np.ndarray, k: int = CONSENSUS_NEIGHBOURS,
