@@ -1,11 +1,11 @@
 """Fitting on the CPU and on a GPU (``ssm.fit(device=...)``), same cases, same machine.
 
 ``--device cuda`` moves the fit's closest-point searches (model vertices into the scan,
-scan points into the model: most of a fit's CPU time) to the GPU as brute-force
-searches (:mod:`ssm.geometry.nearest`), and the final smoothing; the rest stays on the
-CPU. Each case is fitted with ``device="cpu"`` and, where torch sees a GPU,
-``device="cuda"``; both after one warm-up fit (imports, caches, the CUDA context), the
-median of ``--repeats`` runs. Scored as ``bench_fitting.py``: narrow-face
+scan points into the model, the automatic search's ICP: most of a fit's CPU time) to
+the GPU as brute-force searches (:mod:`ssm.geometry.nearest`), with the model fit's
+basis products and the final smoothing; the rest stays on the CPU. Each case is fitted
+with ``device="cpu"`` and, where torch sees a GPU, ``device="cuda"``; both after one
+warm-up fit (imports, caches, the CUDA context), the median of ``--repeats`` runs. Scored as ``bench_fitting.py``: narrow-face
 correspondence error (mm) against the known truth, and wall time.
 
 A GPU machine may lack Open3D, which makes the raw scans (ray casting) and measures the

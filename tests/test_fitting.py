@@ -82,6 +82,34 @@ def test_coefficient_solve_recovers_known_coefficients(synth_model):
     np.testing.assert_allclose(c, c_true, atol=1e-4)
 
 
+def test_coefficient_solve_and_instance_on_a_torch_device_match_numpy(synth_model):
+    """The GPU path of the model fit (the basis on the device: gather, products,
+    instance), run here by torch on the CPU, gives numpy's numbers to float32 rounding,
+    pose columns and landmarks included."""
+    import torch
+
+    from ssm.fitting.model_fit import basis_instance, scaled_basis, solve_coefficients
+    from ssm.geometry.mesh_ops import vertex_normals
+
+    model = synth_model
+    phi, phi_dev = scaled_basis(model), torch.tensor(scaled_basis(model))
+    k = model.n_components
+    rng = np.random.default_rng(4)
+    c = rng.standard_normal(k)
+    x = basis_instance(model, phi, c, k)
+    np.testing.assert_allclose(basis_instance(model, phi, c, k, phi_dev), x, atol=1e-4)
+    v = np.sort(rng.choice(model.n_vertices, 1500, replace=False))
+    y = x[v] + rng.normal(0, 0.5, (len(v), 3))
+    n = vertex_normals(x, model.triangles)[v]
+    lm = (v[:6], y[:6], np.full(6, 5.0))
+    for p2p in (0.7, 1.0):
+        args = (model, k, v, y, n, rng.uniform(0.5, 1.0, len(v)), 0.3, p2p, lm, phi)
+        pose = (x - x.mean(0), True)
+        ref = solve_coefficients(*args, pose_rows=pose)
+        np.testing.assert_allclose(solve_coefficients(*args, pose_rows=pose, phi_dev=phi_dev), ref,
+                                   rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+
+
 
 def test_model_fit_stops_at_a_collapsing_pose(synth_model, monkeypatch):
     """A pose update that collapses the scale (a degenerate solve) ends the model fit at
@@ -170,6 +198,7 @@ def test_batched_hypothesis_icp_matches_one_at_a_time():
     from scipy.spatial import cKDTree
 
     from ssm.fitting.init_auto import _icp_batch
+    from ssm.geometry.nearest import DevicePoints, TreePoints
     from ssm.geometry.similarity import axis_angle_rotation
 
     rng = np.random.default_rng(0)
@@ -180,11 +209,12 @@ def test_batched_hypothesis_icp_matches_one_at_a_time():
     starts = [(0.1 * (1 + 0.1 * rng.normal()), axis_angle_rotation(0.3 * rng.normal(size=3)), 5 + rng.normal(size=3))
               for _ in range(6)]
     for fixed in (None, 0.1):
-        s, r, t, score = _icp_batch(scan, cKDTree(m), m, mn, starts, 3, 0.7, fixed)
-        for h, (s0, r0, t0) in enumerate(starts):
-            one, one_score = _reference_icp(scan, cKDTree(m), m, mn, Similarity(s0, r0, t0), 3, 0.7, fixed)
-            np.testing.assert_allclose(one.matrix(), Similarity(s[h], r[h], t[h]).matrix(), atol=1e-10)
-            assert abs(one_score - score[h]) < 1e-10
+        for index, tol in ((TreePoints(m), 1e-10), (DevicePoints(m, "cpu"), 1e-9)):  # the GPU's search, on the CPU
+            s, r, t, score = _icp_batch(scan, index, m, mn, starts, 3, 0.7, fixed)
+            for h, (s0, r0, t0) in enumerate(starts):
+                one, one_score = _reference_icp(scan, cKDTree(m), m, mn, Similarity(s0, r0, t0), 3, 0.7, fixed)
+                np.testing.assert_allclose(one.matrix(), Similarity(s[h], r[h], t[h]).matrix(), atol=tol)
+                assert abs(one_score - score[h]) < tol
 
 
 def test_nicp_plane_targets_move_only_along_the_normal():
@@ -326,10 +356,10 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
 
 
 def test_brute_force_search_path_gives_the_same_fit(synth_model, generator, monkeypatch):
-    """The GPU's closest-point searches (brute force, :mod:`ssm.geometry.nearest`), run
-    here by torch on the CPU, give the KD-tree's fit: same vertices to float32 rounding
-    of near ties, and the same error against the truth."""
-    import ssm.fitting.scan as scan_mod
+    """The GPU path (closest-point searches by brute force, :mod:`ssm.geometry.nearest`,
+    the automatic search's ICP and the model fit's products on the device), run here by
+    torch on the CPU, gives the CPU path's fit: the same vertices but for float32
+    rounding and near ties, and the same error against the truth."""
     import ssm.geometry.nearest as nearest_mod
     from ssm.fitting.scan import scan_from_arrays
 
@@ -337,8 +367,7 @@ def test_brute_force_search_path_gives_the_same_fit(synth_model, generator, monk
     names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
     lm = LandmarkPoints(raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]]), tuple(names))
     kd = fit(synth_model, scan_from_arrays(raw.vertices, raw.faces), landmarks=lm, device="cpu")
-    monkeypatch.setattr(scan_mod, "is_cpu", lambda device: False)
-    monkeypatch.setattr(nearest_mod, "is_cpu", lambda device: False)
+    monkeypatch.setattr(nearest_mod, "is_cpu", lambda device: False)  # every search: brute force in torch
     calls = []
     query = nearest_mod.DevicePoints.query
     monkeypatch.setattr(nearest_mod.DevicePoints, "query", lambda self, *a: calls.append(1) or query(self, *a))

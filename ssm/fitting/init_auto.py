@@ -29,6 +29,7 @@ from ssm.fitting.model_fit import fit_model, instance_normals
 from ssm.fitting.scan import Scan, scan_explained
 from ssm.fitting.stage import StageReport
 from ssm.geometry.mesh_ops import component_labels
+from ssm.geometry.nearest import DevicePoints, TreePoints, point_index
 from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_steps
 from ssm.io.units import HEAD_DIAGONAL_MM
 from ssm.models.shape_model import ShapeModel
@@ -66,11 +67,13 @@ def _rotations() -> list[np.ndarray]:
     return out
 
 
-def _icp_batch(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model_nrm: np.ndarray,
-               starts: list[tuple[float, np.ndarray, np.ndarray]], iters: int, trim: float,
+def _icp_batch(src_scan: np.ndarray, tree: TreePoints | DevicePoints, model_pts: np.ndarray,
+               model_nrm: np.ndarray, starts: list[tuple[float, np.ndarray, np.ndarray]], iters: int, trim: float,
                fixed_scale: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Trimmed point-to-plane similarity ICP from scan points to the model mean, for many
-    starting hypotheses at once (one KD query and one batched 7x7 solve per iteration).
+    starting hypotheses at once (one nearest-neighbour query of all of them, on the CPU or
+    a GPU (:func:`ssm.geometry.nearest.point_index` of ``model_pts``), and one batched
+    7x7 solve per iteration).
 
     starts : (scale, (3, 3), (3,)) model -> scan. Returns scales (H,), rotations
     (H, 3, 3), translations (H, 3) and scores (H,): the trimmed mean residual in the
@@ -84,7 +87,7 @@ def _icp_batch(src_scan: np.ndarray, tree: cKDTree, model_pts: np.ndarray, model
     for _ in range(iters):
         # scan points in each hypothesis' model frame: R^T (y - t) / s
         q = ((src_scan[None] - t[:, None]) @ r) / s[:, None, None]
-        d, j = tree.query(q.reshape(-1, 3), workers=-1)
+        d, j = tree.query(q.reshape(-1, 3))
         d, j = d.reshape(n_h, n_p), j.reshape(n_h, n_p)
         keep = d <= np.quantile(d, trim, axis=1, keepdims=True)
         score = (d * keep).sum(1) / keep.sum(1) * s
@@ -158,7 +161,8 @@ def _rms(a: np.ndarray) -> float:
 
 def _search_inputs(model: ShapeModel, scan: Scan, config: FitConfig, rng: np.random.Generator):
     """(scan sample (P,) indices: up to ``auto_points`` off the border, the search target:
-    (mean (N, 3), its normals, a 6000-vertex subset, its normals, a KD-tree of it))."""
+    (mean (N, 3), its normals, a 6000-vertex subset, its normals, its point index on the
+    scan's device))."""
     good = np.flatnonzero(~scan.boundary)
     if len(good) < 10:
         good = np.arange(len(scan.points))
@@ -166,7 +170,7 @@ def _search_inputs(model: ShapeModel, scan: Scan, config: FitConfig, rng: np.ran
     m = model.mean.astype(np.float64)
     mnorm = instance_normals(model, m)
     sub = np.arange(len(m)) if len(m) <= 6000 else rng.choice(len(m), 6000, replace=False)
-    return pick, (m, mnorm, m[sub], mnorm[sub], cKDTree(m[sub]))
+    return pick, (m, mnorm, m[sub], mnorm[sub], point_index(m[sub], scan.device))
 
 
 def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,

@@ -21,6 +21,7 @@ from ssm.fitting.correspondence import Correspondences, adaptive_gate, find_corr
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
+from ssm.geometry import nearest
 from ssm.geometry.mesh_ops import vertex_normals
 from ssm.geometry.similarity import Similarity, similarity_jacobian, similarity_step, step_similarity
 from ssm.models.shape_model import ShapeModel
@@ -56,21 +57,61 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
     return phi
 
 
-def basis_instance(model: ShapeModel, phi_all: np.ndarray | None, c: np.ndarray, k: int) -> np.ndarray:
+def device_basis(model: ShapeModel, device):
+    """:func:`scaled_basis` as a float32 torch tensor (N, 3, K) on ``device``, uploaded
+    once per model and device (a cache, like the basis itself); None on the CPU, where
+    numpy does the products."""
+    if nearest.is_cpu(device):
+        return None
+    cache = model.__dict__.get("_device_basis")
+    if cache is None or cache[0] != str(device):
+        import torch
+
+        cache = (str(device), torch.tensor(scaled_basis(model), device=device))
+        object.__setattr__(model, "_device_basis", cache)
+    return cache[1]
+
+
+def basis_instance(model: ShapeModel, phi_all: np.ndarray | None, c: np.ndarray, k: int,
+                   phi_dev=None) -> np.ndarray:
     """(N, 3) float64 instance for the first ``k`` coefficients, by the float32 basis
     ``phi_all`` (:func:`scaled_basis`): half the memory traffic of ``model.instance``,
-    which matters once per iteration, and no float64 copy of a large basis."""
+    which matters once per iteration, and no float64 copy of a large basis. With
+    ``phi_dev`` (:func:`device_basis`) the product runs on its device."""
     if phi_all is None or k == 0:
         return model.instance(c)
+    if phi_dev is not None:
+        import torch
+
+        cf = torch.as_tensor(c[:k], dtype=torch.float32, device=phi_dev.device)
+        return model.mean + (phi_dev.reshape(-1, phi_dev.shape[2])[:, :k] @ cf).cpu().numpy().reshape(-1, 3)
     flat = phi_all.reshape(-1, phi_all.shape[2])[:, :k]
     return model.mean + (flat @ c[:k].astype(np.float32)).reshape(-1, 3)
+
+
+def _normal_equations(xp, phi, n, sq_pl, rows, sw3, jac, y_pp, y_pl):
+    """``(S^T S, S^T y)`` of the 3D rows and of the normal rows of :func:`solve_coefficients`.
+
+    phi : (C, 3, k) basis rows; n : (C, 3) normals; sq_pl : (C,) root point-to-plane
+    weights; rows : (R,) rows that also enter in 3D, with root weights sw3 (3R,); jac :
+    (C, 3, J) similarity Jacobian or None (its columns follow the basis'); y_pp (3R,),
+    y_pl (C,): the residuals, weighted. float32 numpy arrays (``xp`` = numpy) or torch
+    tensors on one device (``xp`` = torch): the same code on the CPU and on a GPU.
+    """
+    k = phi.shape[2]
+    s_pl = xp.einsum("cdk,cd->ck", phi, n) * sq_pl[:, None]  # normal rows
+    s_pp = phi[rows].reshape(-1, k) * sw3[:, None]  # 3D rows
+    if jac is not None:  # the pose step's columns beside the basis'
+        s_pl = xp.concat([s_pl, xp.einsum("cdj,cd->cj", jac, n) * sq_pl[:, None]], 1)
+        s_pp = xp.concat([s_pp, jac[rows].reshape(-1, jac.shape[2]) * sw3[:, None]], 1)
+    return (s_pp.T @ s_pp, y_pp @ s_pp), (s_pl.T @ s_pl, y_pl @ s_pl)
 
 
 def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, target_m: np.ndarray,
                        normal_m: np.ndarray, weight: np.ndarray, noise_var: float, point_to_plane: float,
                        lm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                        phi_all: np.ndarray | None = None, pp_samples: int | None = 1000,
-                       pose_rows: tuple[np.ndarray, bool] | None = None) -> np.ndarray:
+                       pose_rows: tuple[np.ndarray, bool] | None = None, phi_dev=None) -> np.ndarray:
     """MAP standardised coefficients (k,) for targets in the model frame.
 
     Minimises ``sum_i w_i r_i^T M_i r_i + noise_var ||c||^2 + landmark terms`` with
@@ -82,6 +123,7 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     pose_rows : (x - centre (N, 3), with_scale): also solve, in the same linear system,
         for a small similarity of the current instance ``x`` about ``centre`` (no prior);
         its step (w (3,), t (3,)[, s]) is appended to the returned coefficients.
+    phi_dev : :func:`device_basis` of the model: the products run on its device.
     Returns (k,) coefficients, or (k + 6 or 7,) with ``pose_rows``.
     """
     if phi_all is None:
@@ -92,7 +134,6 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
         tgts = np.concatenate([tgts, lm[1]])
         wts = np.concatenate([wts, lm[2]])
         nrm = np.concatenate([nrm, np.zeros((len(lm[0]), 3))])  # landmarks: full 3D residual
-    phi = phi_all[verts, :, :k]  # (C, 3, k) float32 for the big products
     jac = None
     if pose_rows is not None:  # joint Gauss-Newton step of a small model-frame similarity
         jac = similarity_jacobian(pose_rows[0][verts], pose_rows[1]).astype(np.float32)  # (C, 3, 6|7)
@@ -112,18 +153,22 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
     sw = np.sqrt(w_pp[rows] * np.where(rows < n_surf, float(stride), 1.0)).astype(np.float32)  # (R,)
     sw3 = np.repeat(sw, 3)
     y_pp = (r[rows].reshape(-1) * sw3).astype(np.float32)
-    s_pp = phi[rows].reshape(-1, k) * sw3[:, None]  # (3R, k)
     n32 = nrm.astype(np.float32)
     sq_pl = np.sqrt(w_pl).astype(np.float32)
-    s_pl = np.einsum("cdk,cd->ck", phi, n32) * sq_pl[:, None]  # (C, k) normal rows
     y_pl = ((nrm * r).sum(1) * sq_pl).astype(np.float32)
-    blocks = [(s_pp, y_pp), (s_pl, y_pl)]
-    if jac is not None:
-        j_pp = jac[rows].reshape(-1, jac.shape[2]) * sw3[:, None]
-        j_pl = np.einsum("cdj,cd->cj", jac, n32) * sq_pl[:, None]
-        blocks = [(np.hstack([s_pp, j_pp]), y_pp), (np.hstack([s_pl, j_pl]), y_pl)]
-    A = sum((m.T @ m).astype(np.float64) for m, _ in blocks)
-    b = sum((y @ m).astype(np.float64) for m, y in blocks)
+    if phi_dev is None:
+        parts = _normal_equations(np, phi_all[verts, :, :k], n32, sq_pl, rows, sw3, jac, y_pp, y_pl)
+    else:  # the (C, 3, k) gather and the products on the device: only (k + J)^2 comes back
+        import torch
+
+        def dev(a):
+            return torch.as_tensor(a, device=phi_dev.device)
+
+        parts = _normal_equations(torch, phi_dev[dev(verts), :, :k], dev(n32), dev(sq_pl), dev(rows), dev(sw3),
+                                  None if jac is None else dev(jac), dev(y_pp), dev(y_pl))
+        parts = [(a.cpu().numpy(), y.cpu().numpy()) for a, y in parts]
+    A = sum(a.astype(np.float64) for a, _ in parts)
+    b = sum(y.astype(np.float64) for _, y in parts)
     k_c, k = k, A.shape[0]
     A[np.arange(k_c), np.arange(k_c)] += noise_var
     if k > k_c:  # no prior on the pose; a whisker of damping keeps the system regular
@@ -141,6 +186,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
     kmax = model.n_components
     c = np.zeros(kmax) if coeffs is None else np.asarray(coeffs, dtype=np.float64).copy()
     phi_all = scaled_basis(model) if any(k > 0 for k in config.component_schedule) else None
+    phi_dev = None if phi_all is None else device_basis(model, scan.device)  # products on the scan's device
     corr = None
     levels = [min(k, kmax) for k in config.component_schedule]
     scales = list(config.prior_schedule) if config.prior_schedule else [1.0] * len(levels)
@@ -153,7 +199,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
         lm_sel = (landmarks.vertex[keep], landmarks.points[keep],
                   None if landmarks.covariances is None else landmarks.covariances[keep])
     # by the float32 basis: an augmented model (deformation_basis) has no float64 copy
-    x = basis_instance(model, phi_all, c, kmax)
+    x = basis_instance(model, phi_all, c, kmax, phi_dev)
     diverged = False
     scale0 = pose.scale
     for k, prior_scale in zip(levels, scales):
@@ -161,7 +207,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             break
         if np.any(c[k:]):  # a level with fewer components than the last one
             c[k:] = 0.0
-            x = basis_instance(model, phi_all, c, kmax)
+            x = basis_instance(model, phi_all, c, kmax, phi_dev)
         for _ in range(config.iterations_per_level):
             last = (pose, c.copy(), x, corr)
             xs = pose.apply(x)
@@ -210,14 +256,14 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
                 centre = x.mean(0)
                 sol = solve_coefficients(model, k, corr.vertex[sel], tm[sel], nm[sel], corr.weight[sel] * scale_w,
                                          noise_var, config.point_to_plane, lm_terms, phi_all,
-                                         pose_rows=(x - centre, fixed_scale is None))
+                                         pose_rows=(x - centre, fixed_scale is None), phi_dev=phi_dev)
                 c_new = sol[:k]
                 pose = pose.compose(step_similarity(sol[k:], centre))
                 # over-relaxed step: closest-point iterations creep along the surface at a
                 # linear rate; stepping past the solve roughly halves the iterations needed
                 c[:k] += config.overrelaxation * (c_new - c[:k])
             c[k:] = 0.0
-            x = basis_instance(model, phi_all, c, k)
+            x = basis_instance(model, phi_all, c, k, phi_dev)
             # after a joint shape-pose solve the pose needs only a touch (2 steps, not 3)
             pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane, steps=2 if k else 3)
             history.append(med)

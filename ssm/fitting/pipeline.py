@@ -111,9 +111,9 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     pose : initial model -> scan transform, (4, 4) array or path of a text file.
     units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
     device : "auto" | "cpu" | "cuda": where the closest-point searches (the bulk of the
-        fit's time on a CPU) and the final smoothing run; "auto" takes a CUDA GPU when
-        torch sees one (:func:`search_device`). The rest is CPU work (small dense solves,
-        a sparse LU).
+        fit's time on a CPU), the model fit's basis products and the final smoothing run;
+        "auto" takes a CUDA GPU when torch sees one (:func:`search_device`). The rest is
+        CPU work (bookkeeping between the searches, small dense solves, a sparse LU).
     Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
     """
     cfg = config or FitConfig()

@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from ssm.errors import InputFileError
 from ssm.geometry.mesh_ops import (boundary_vertices, component_labels, edge_counts, face_normals,
                                    vertex_normals, weld_vertices)
-from ssm.geometry.nearest import DevicePoints, is_cpu
+from ssm.geometry import nearest
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
@@ -96,12 +96,12 @@ class Scan:
         by the KD-tree, or by a brute-force search on :attr:`device`.
         """
         tree, idx = self.match_tree
-        if is_cpu(self.device):
+        if nearest.is_cpu(self.device):
             d, j = tree.query(queries, distance_upper_bound=upper_bound, workers=-1)
         else:
             cached = self.__dict__.get("_match_device")
             if cached is None or cached[0] != self.device:  # uploaded once per device
-                cached = (self.device, DevicePoints(self.points[idx], self.device))
+                cached = (self.device, nearest.DevicePoints(self.points[idx], self.device))
                 object.__setattr__(self, "_match_device", cached)
             d, j = cached[1].query(queries, upper_bound)
         return d, idx[np.where(np.isfinite(d), j, 0)]

@@ -69,11 +69,26 @@ class DevicePoints:
         return d, j
 
 
+class TreePoints:
+    """A KD-tree over points (P, 3) with :class:`DevicePoints`' ``query``."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
+        self.tree = cKDTree(self.points)
+
+    def query(self, queries: np.ndarray, upper_bound: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`DevicePoints.query` (all cores)."""
+        return self.tree.query(queries, distance_upper_bound=upper_bound, workers=-1)
+
+
+def point_index(points: np.ndarray, device=None) -> TreePoints | DevicePoints:
+    """Points (P, 3) ready for repeated nearest-neighbour queries: a KD-tree on the CPU
+    (``device`` None or "cpu"), else uploaded to that torch device (brute force)."""
+    return TreePoints(points) if is_cpu(device) else DevicePoints(points, device)
+
+
 def nearest(points: np.ndarray, queries: np.ndarray, upper_bound: float = np.inf,
             device=None) -> tuple[np.ndarray, np.ndarray]:
     """One-off nearest neighbours of ``queries`` (Q, 3) among ``points`` (P, 3), as
-    ``cKDTree.query`` (inf / P beyond ``upper_bound``): a KD-tree on the CPU (``device``
-    None or "cpu"), else a brute-force search on that torch device (:class:`DevicePoints`)."""
-    if is_cpu(device):
-        return cKDTree(points).query(queries, distance_upper_bound=upper_bound, workers=-1)
-    return DevicePoints(points, device).query(queries, upper_bound)
+    ``cKDTree.query`` (inf / P beyond ``upper_bound``), by :func:`point_index`."""
+    return point_index(points, device).query(queries, upper_bound)
