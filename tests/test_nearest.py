@@ -7,14 +7,21 @@ from scipy.spatial import cKDTree
 from ssm.geometry.nearest import DevicePoints, nearest
 
 
+def _devices():
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("offset", [0.0, 1e4])  # a head far from the origin (scanner frame, mm)
-def test_brute_force_matches_the_kd_tree(offset):
+def test_brute_force_matches_the_kd_tree(offset, device):
     rng = np.random.default_rng(3)
     pts = rng.normal(size=(20000, 3)) * 80.0 + offset
     q = np.concatenate([pts[rng.choice(len(pts), 3000)] + rng.normal(size=(3000, 3)) * 0.5,
                         rng.normal(size=(50, 3)) * 400.0 + offset])  # some far from every point
     d0, j0 = cKDTree(pts).query(q, distance_upper_bound=2.0)
-    d1, j1 = DevicePoints(pts, "cpu").query(q, 2.0)
+    d1, j1 = DevicePoints(pts, device).query(q, 2.0)
     hit = np.isfinite(d0)
     assert (np.isfinite(d1) == hit).all()
     assert (j1[~hit] == len(pts)).all()

@@ -266,11 +266,7 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
             given[valid] = nrm[valid] / nn[valid, None]
             if valid.all():
                 return given, True
-    import open3d as o3d
-
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
-    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(16))
-    n = np.asarray(pcd.normals).copy()
+    n = pca_normals(p)
     if given is not None:
         have = np.flatnonzero(valid)
         _, j = scan_tree(p[have]).query(p[~valid])
@@ -283,6 +279,24 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
     flip = ((p - p.mean(0)) * n).sum(1) < 0
     n[flip] *= -1
     return n, False
+
+
+def pca_normals(p: np.ndarray, k: int = 16) -> np.ndarray:
+    """(P, 3) unit normals of a cloud (P, 3), of either side: the least direction of each
+    point's ``k`` nearest neighbours (Open3D's ``estimate_normals``, or the same in numpy
+    where Open3D does not import)."""
+    from ssm.geometry.surface_distance import optional_open3d
+
+    o3d = optional_open3d()
+    if o3d is not None:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(k))
+        return np.asarray(pcd.normals).copy()
+    _, nb = scan_tree(p).query(p, k=min(k, len(p)), workers=-1)
+    nbr = p[nb.reshape(len(p), -1)]
+    d = nbr - nbr.mean(1, keepdims=True)
+    _, vec = np.linalg.eigh(np.einsum("pki,pkj->pij", d, d))
+    return vec[:, :, 0]  # eigenvalues ascending: the least spread
 
 
 def _pieces(n_points: int, counts) -> tuple[np.ndarray, np.ndarray]:

@@ -146,8 +146,12 @@ def _numbers(line: str) -> bool:
 
 
 def _read_pcd(path: Path) -> MeshData:
-    import open3d as o3d
+    from ssm.geometry.surface_distance import optional_open3d
 
+    o3d = optional_open3d()
+    if o3d is None:
+        raise InputFileError(path, "is a PCD cloud, which is read by Open3D, and Open3D does not import here",
+                             "install open3d (on Debian also libusb-1.0-0) or convert the cloud to PLY")
     pcd = o3d.io.read_point_cloud(str(path))
     pts = np.asarray(pcd.points, dtype=np.float64)
     if pts.shape[0] == 0:
