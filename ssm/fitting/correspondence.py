@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ssm.fitting.scan import Scan
 from ssm.geometry.nearest import nearest
 

@@ -11,9 +11,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ssm.errors import InputFileError
+from ssm.geometry import nearest
 from ssm.geometry.mesh_ops import (boundary_vertices, component_labels, edge_counts, face_normals,
                                    vertex_normals, weld_vertices)
-from ssm.geometry import nearest
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
