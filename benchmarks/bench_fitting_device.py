@@ -104,6 +104,10 @@ def main() -> None:
     from ssm.geometry.similarity import Similarity
 
     approx = without_open3d()
+    if approx and not args.cases:
+        print("skipped: the raw scans are ray cast by Open3D, which does not import here: write them with "
+              "--write-cases DIR where it does, and pass --cases DIR")
+        return
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     cases = []

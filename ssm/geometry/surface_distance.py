@@ -1,7 +1,7 @@
 """Point-to-surface distances against a triangle mesh: Open3D's ray-casting scene (a
 BVH in C++), or, where Open3D does not import (no wheel for this Python or platform,
-Debian's libusb missing, a GPU image without it), an exact search in numpy
-(:class:`TriangleSearch`)."""
+Debian's libusb missing, a GPU image without it), a search in numpy that is exact near
+the surface (:class:`TriangleSearch`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndar
     p, a, b, c : (n, 3) float64. Returns the closest points (n, 3) and their barycentric
     coordinates (n, 2) ``(u, v)`` with ``point = (1 - u - v) a + u b + v c``, by the
     Voronoi regions of the triangle's corners, edges and face (Ericson, Real-Time
-    Collision Detection, 5.1.5). Degenerate triangles get a point on one of their edges.
+    Collision Detection, 5.1.5). A degenerate (zero-area) triangle gives its nearest corner.
     """
     ab, ac, ap = b - a, c - a, p - a
     d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
@@ -146,7 +146,8 @@ class SurfaceQuery:
 
     vertices : (V, 3) float, triangles : (M, 3) int. Queries are (P, 3) float in the
     same frame and units; results are float64. Open3D's ray-casting scene (float32)
-    where Open3D imports, else :class:`TriangleSearch` (float64, exact, slower).
+    where Open3D imports, else :class:`TriangleSearch` (float64, exact near the surface,
+    slower).
     """
 
     def __init__(self, vertices: np.ndarray, triangles: np.ndarray):
