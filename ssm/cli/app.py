@@ -222,12 +222,14 @@ def fit(
     from ssm.fitting.config import FitConfig
     from ssm.fitting.outputs import write_fit
     from ssm.fitting.pipeline import fit as run_fit
+    from ssm.fitting.pipeline import search_device
     from ssm.fitting.scan import load_scan
     from ssm.io.model_file import load_model
 
     _setup_logging(verbose)
     if expression_field not in ("auto", "on", "off"):
         raise SSMError(f"--expression-field must be auto, on or off, got {expression_field!r}")
+    device = search_device(device)  # a device that cannot be had fails once, before any scan
     m = load_model(model)
     cfg = FitConfig.preset(preset)
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
