@@ -487,6 +487,35 @@ def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_pat
         assert np.median(dist[face]) < limit, (sub, np.median(dist[face]))
 
 
+def test_fit_cli_goes_on_after_an_unexpected_error(synth_model, generator, tmp_path, monkeypatch):
+    """A bug met on one scan (not an SSMError) is reported on one line, and the other
+    scans are still fitted."""
+    from typer.testing import CliRunner
+
+    import ssm.fitting.pipeline as pipeline
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+
+    save_model(synth_model, tmp_path / "m.h5")
+    truth, raw = _case(generator, seed=6, units="mm", views="frontal")
+    for name in ("boom.ply", "fine.ply"):
+        write_mesh(tmp_path / name, raw.vertices, raw.faces)
+    real_fit = pipeline.fit
+
+    def fit_or_fail(model, scan, **kw):
+        if scan.path.endswith("boom.ply"):
+            raise ZeroDivisionError("division by zero")
+        return real_fit(model, scan, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", fit_or_fail)
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "m.h5"), str(tmp_path / "boom.ply"),
+                                   str(tmp_path / "fine.ply"), "--out", str(tmp_path / "out"), "--units", "mm"])
+    assert res.exit_code == 3, res.output
+    assert "boom.ply: unexpected ZeroDivisionError: division by zero" in res.output
+    assert (tmp_path / "out" / "fine" / "fit.json").exists() and not (tmp_path / "out" / "boom").exists()
+
+
 def test_bad_inputs_give_clear_errors(synth_model, tmp_path):
     with pytest.raises(SSMError, match="needs at least 10 points"):
         fit(synth_model, np.zeros((3, 3)))

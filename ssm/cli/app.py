@@ -270,6 +270,13 @@ def fit(
                 failed += 1
                 rows.append((scan_path.name, "error", "-", "-", str(exc)))
                 typer.echo(f"error: {exc}", err=True)
+            except Exception as exc:  # a bug or a scan nobody foresaw must not stop the others
+                failed += 1
+                what = f"unexpected {type(exc).__name__}: {exc}"
+                rows.append((scan_path.name, "error", "-", "-", what))
+                typer.echo(f"error: {scan_path}: {what} (a bug: please report it with the output of --verbose)",
+                           err=True)
+                logging.getLogger(__name__).info("where it happened", exc_info=True)
         bar("Fitting scans", len(scans), len(scans))
     from rich.table import Table
 
