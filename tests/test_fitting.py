@@ -516,6 +516,34 @@ def test_fit_cli_goes_on_after_an_unexpected_error(synth_model, generator, tmp_p
     assert (tmp_path / "out" / "fine" / "fit.json").exists() and not (tmp_path / "out" / "boom").exists()
 
 
+def test_fit_cli_jobs_fit_scans_in_worker_processes(synth_model, generator, tmp_path):
+    """--jobs 2: the same fits as one at a time, a bad scan reported from its worker,
+    and the table in the order the scans were given."""
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+
+    save_model(synth_model, tmp_path / "m.h5")
+    truth, raw = _case(generator, seed=6, units="mm", views="frontal")
+    for name in ("a.ply", "c.ply"):
+        write_mesh(tmp_path / name, raw.vertices, raw.faces)
+    (tmp_path / "b.ply").write_bytes(b"")
+    scans = [str(tmp_path / n) for n in ("a.ply", "b.ply", "c.ply")]
+    runs = {}
+    for jobs in ("1", "2"):
+        res = CliRunner().invoke(app, ["fit", str(tmp_path / "m.h5"), *scans, "--out", str(tmp_path / jobs),
+                                       "--units", "mm", "--jobs", jobs])
+        assert res.exit_code == 3, res.output
+        assert "b.ply: file is empty" in res.output
+        assert res.output.index("a.ply") < res.output.index("c.ply")
+        runs[jobs] = [json.loads((tmp_path / jobs / s / "fit.json").read_text()) for s in ("a", "c")]
+    for one, two in zip(runs["1"], runs["2"]):
+        assert two["converged"]
+        assert abs(one["distance_to_scan_mm"]["median"] - two["distance_to_scan_mm"]["median"]) < 0.02
+
+
 def test_bad_inputs_give_clear_errors(synth_model, tmp_path):
     with pytest.raises(SSMError, match="needs at least 10 points"):
         fit(synth_model, np.zeros((3, 3)))

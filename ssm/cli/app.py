@@ -212,23 +212,25 @@ def fit(
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
     normal_map: Optional[str] = typer.Option(None, help="Also use a normal map: N.npy:VAR.npy (rad^2)."),
     depth_map: List[str] = typer.Option([], help="Also fuse a depth map: D.npy:VAR.npy:K.txt:POSE.txt."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Scans fitted at once, each in its own process with "
+                                                     "its share of the CPU's threads (many scans, many cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png
     (and fused.ply / fused.json when geometry maps are given)."""
     import dataclasses
 
+    from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans
     from ssm.cli.progress import progress_bars
     from ssm.fitting.config import FitConfig
-    from ssm.fitting.outputs import write_fit
-    from ssm.fitting.pipeline import fit as run_fit
     from ssm.fitting.pipeline import search_device
-    from ssm.fitting.scan import load_scan
     from ssm.io.model_file import load_model
 
     _setup_logging(verbose)
     if expression_field not in ("auto", "on", "off"):
         raise SSMError(f"--expression-field must be auto, on or off, got {expression_field!r}")
+    if jobs < 1:
+        raise SSMError(f"--jobs must be 1 or more, got {jobs}")
     device = search_device(device)  # a device that cannot be had fails once, before any scan
     m = load_model(model)
     cfg = FitConfig.preset(preset)
@@ -238,46 +240,26 @@ def fit(
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()
-    failed = 0
-    rows = []
     stems = [p.stem for p in scans]
-    with progress_bars() as bar:
-        for i, scan_path in enumerate(scans):
-            bar("Fitting scans", i, len(scans))
-            sub = scan_path.stem if stems.count(scan_path.stem) == 1 else scan_path.name.replace(".", "_")
-            dest = out if len(scans) == 1 else out / sub
-            lm = landmarks.replace("{stem}", scan_path.stem) if landmarks else None
-            try:
-                sc = load_scan(scan_path)
-                res = run_fit(m, sc, landmarks=lm, pose=pose, units=units, device=device, config=cfg)
-                write_fit(res, dest, sc, {"scan": str(scan_path), "model": str(model), "landmarks": lm})
-                if map_ or displacement_map or normal_map or depth_map:
-                    from ssm.fusion.fuse import GeometrySource, fuse as run_fuse, write_fused
+    todo = []
+    for scan_path in scans:
+        sub = scan_path.stem if stems.count(scan_path.stem) == 1 else scan_path.name.replace(".", "_")
+        todo.append(ScanJob(scan_path, out if len(scans) == 1 else out / sub,
+                            landmarks.replace("{stem}", scan_path.stem) if landmarks else None))
+    opts = FitOptions(model, cfg, device, units, pose, tuple(map_), tuple(displacement_map), normal_map,
+                      tuple(depth_map))
 
-                    srcs = [GeometrySource("fit", res.vertices_model, res.stddev_mm ** 2)]
-                    srcs += _map_sources(m, map_, displacement_map, res.vertices_model, depth_map)
-                    fused = run_fuse(srcs, triangles=m.triangles)
-                    if normal_map:
-                        fused = _apply_normal_map(m, fused, normal_map)
-                    write_fused(fused, dest, m.triangles)
-                d = res.summary()["distance_to_scan_mm"]
-                rows.append((scan_path.name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}",
-                             f"{res.seconds:.2f}", str(dest)))
-                if not res.converged:
-                    failed += 1
-                    con.print(f"[yellow]{scan_path}: {res.message} (written to {dest}, flagged in fit.json)")
-            except SSMError as exc:
-                failed += 1
-                rows.append((scan_path.name, "error", "-", "-", str(exc)))
-                typer.echo(f"error: {exc}", err=True)
-            except Exception as exc:  # a bug or a scan nobody foresaw must not stop the others
-                failed += 1
-                what = f"unexpected {type(exc).__name__}: {exc}"
-                rows.append((scan_path.name, "error", "-", "-", what))
-                typer.echo(f"error: {scan_path}: {what} (a bug: please report it with the output of --verbose)",
-                           err=True)
-                logging.getLogger(__name__).info("where it happened", exc_info=True)
-        bar("Fitting scans", len(scans), len(scans))
+    def report(outcome) -> None:
+        if outcome.note:
+            con.print(f"[yellow]{outcome.note}")
+        if outcome.error:
+            typer.echo(f"error: {outcome.error}", err=True)
+
+    with progress_bars() as bar:
+        outcomes = fit_scans(m, todo, opts, jobs, bar, report, verbose)
+    rows = [o.row for o in outcomes]
+    failed = sum(o.failed for o in outcomes)
+
     from rich.table import Table
 
     table = Table(title=f"Fits with {model.name}")

@@ -1,0 +1,160 @@
+"""``ssm fit`` over many scans: one scan's fit and outputs, and the loop over the scans,
+in this process or in ``--jobs`` worker processes (each with the model loaded once and
+its share of the CPU's threads). A scan's failure, expected (an :class:`SSMError`) or
+not (a bug), is its outcome and never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ssm.errors import SSMError
+from ssm.fitting.config import FitConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What every scan of one ``ssm fit`` shares (picklable: it goes to the workers)."""
+
+    model_path: Path
+    config: FitConfig
+    device: str
+    units: str = "auto"
+    pose: Path | None = None
+    maps: tuple[str, ...] = ()
+    displacement_maps: tuple[str, ...] = ()
+    normal_map: str | None = None
+    depth_maps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan, where its outputs go, and its landmark file (or None)."""
+
+    scan: Path
+    dest: Path
+    landmarks: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """row : (scan, status, median distance mm, seconds, output or error) for the table;
+    failed : counts towards the exit code; note : a line for the console (a fit that did
+    not converge); error : a line for stderr (without the leading ``error: ``)."""
+
+    row: tuple[str, str, str, str, str]
+    failed: bool
+    note: str | None = None
+    error: str | None = None
+
+
+def fit_scan(model, job: ScanJob, opts: FitOptions) -> ScanOutcome:
+    """Fit one scan and write its outputs (and the fused geometry maps, if any)."""
+    from ssm.fitting.outputs import write_fit
+    from ssm.fitting.pipeline import fit
+    from ssm.fitting.scan import load_scan
+
+    name = job.scan.name
+    try:
+        sc = load_scan(job.scan)
+        res = fit(model, sc, landmarks=job.landmarks, pose=opts.pose, units=opts.units, device=opts.device,
+                  config=opts.config)
+        write_fit(res, job.dest, sc, {"scan": str(job.scan), "model": str(opts.model_path),
+                                      "landmarks": job.landmarks})
+        if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
+            _fuse_maps(model, res, job, opts)
+        d = res.summary()["distance_to_scan_mm"]
+        row = (name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}", f"{res.seconds:.2f}",
+               str(job.dest))
+        if res.converged:
+            return ScanOutcome(row, False)
+        return ScanOutcome(row, True, note=f"{job.scan}: {res.message} (written to {job.dest}, flagged in fit.json)")
+    except SSMError as exc:
+        return ScanOutcome((name, "error", "-", "-", str(exc)), True, error=str(exc))
+    except Exception as exc:  # a bug or a scan nobody foresaw must not stop the others
+        what = f"unexpected {type(exc).__name__}: {exc}"
+        log.info("where it happened", exc_info=True)
+        return ScanOutcome((name, "error", "-", "-", what), True,
+                           error=f"{job.scan}: {what} (a bug: please report it with the output of --verbose)")
+
+
+def _fuse_maps(model, res, job: ScanJob, opts: FitOptions) -> None:
+    from ssm.cli.app import _apply_normal_map, _map_sources
+    from ssm.fusion.fuse import GeometrySource, fuse, write_fused
+
+    srcs = [GeometrySource("fit", res.vertices_model, res.stddev_mm ** 2)]
+    srcs += _map_sources(model, list(opts.maps), list(opts.displacement_maps), res.vertices_model,
+                         list(opts.depth_maps))
+    fused = fuse(srcs, triangles=model.triangles)
+    if opts.normal_map:
+        fused = _apply_normal_map(model, fused, opts.normal_map)
+    write_fused(fused, job.dest, model.triangles)
+
+
+_WORKER: dict = {}  # the model (and the thread limit it keeps) of a worker process
+
+
+def _init_worker(model_path: Path, threads: int, verbose: bool) -> None:
+    """A worker's start: its share of the threads, logging, and the model, loaded once."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from ssm.io.model_file import load_model
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    _WORKER["limits"] = threadpool_limits(limits=threads)  # BLAS / OpenMP, held for the worker's life
+    _WORKER["model"] = load_model(model_path)
+
+
+def _fit_in_worker(job: ScanJob, opts: FitOptions) -> ScanOutcome:
+    return fit_scan(_WORKER["model"], job, opts)
+
+
+def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progress: Callable[[str, int, int], None],
+              report: Callable[[ScanOutcome], None], verbose: bool = False) -> list[ScanOutcome]:
+    """Fit every scan; outcomes in the order of ``jobs``. ``report`` sees each outcome as
+    it comes (for its note or error line); ``progress(task, done, total)`` the count.
+
+    n_jobs > 1 fits that many scans at once in worker processes ("spawn": a fork of a
+    process whose OpenMP threads have run can hang), each with ``cpus / n_jobs``
+    threads and the model loaded once; a worker that dies (out of memory) fails the
+    scans it had and those still waiting, with a line that says so.
+    """
+    total = len(jobs)
+    if n_jobs <= 1 or total <= 1:
+        out = []
+        for i, job in enumerate(jobs):
+            progress("Fitting scans", i, total)
+            out.append(fit_scan(model, job, opts))
+            report(out[-1])
+        progress("Fitting scans", total, total)
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n_jobs = min(n_jobs, total)
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    results: list[ScanOutcome | None] = [None] * total
+    progress("Fitting scans", 0, total)
+    with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(opts.model_path, threads, verbose)) as pool:
+        futures = {pool.submit(_fit_in_worker, job, opts): i for i, job in enumerate(jobs)}
+        for done, fut in enumerate(as_completed(futures), 1):
+            i = futures[fut]
+            try:
+                results[i] = fut.result()
+            except BrokenProcessPool:
+                msg = (f"{jobs[i].scan}: the worker process fitting it died (out of memory?); "
+                       "fit it again with fewer --jobs")
+                results[i] = ScanOutcome((jobs[i].scan.name, "error", "-", "-", "worker died"), True, error=msg)
+            report(results[i])
+            progress("Fitting scans", done, total)
+    return results
