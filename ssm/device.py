@@ -20,3 +20,12 @@ def resolve_device(device: str = "auto"):
     if name == "cpu":
         return torch.device("cpu")
     raise SSMError(f"unknown device {device!r} (use auto, cpu or cuda)")
+
+
+def device_name(device: str | None = "auto") -> str:
+    """``resolve_device`` as a name: "cpu", or the CUDA device (e.g. "cuda:0") that
+    ``device`` ("auto" | "cpu" | "cuda[:i]") names. "cpu" needs no torch import."""
+    name = (device or "auto").lower()
+    if name == "cpu":
+        return "cpu"
+    return str(resolve_device(name))

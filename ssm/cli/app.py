@@ -222,8 +222,8 @@ def fit(
 
     from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans
     from ssm.cli.progress import progress_bars
+    from ssm.device import device_name
     from ssm.fitting.config import FitConfig
-    from ssm.fitting.pipeline import search_device
     from ssm.io.model_file import load_model
 
     _setup_logging(verbose)
@@ -231,7 +231,7 @@ def fit(
         raise SSMError(f"--expression-field must be auto, on or off, got {expression_field!r}")
     if jobs < 1:
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
-    device = search_device(device)  # a device that cannot be had fails once, before any scan
+    device = device_name(device)  # a device that cannot be had fails once, before any scan
     m = load_model(model)
     cfg = FitConfig.preset(preset)
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,

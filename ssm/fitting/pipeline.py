@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from ssm.device import device_name
 from ssm.errors import InputFileError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
@@ -76,18 +77,6 @@ def _as_pose(pose) -> Similarity | None:
     return Similarity.from_matrix(np.asarray(pose, dtype=np.float64))
 
 
-def search_device(device: str | None) -> str:
-    """"cpu", or the CUDA device (e.g. "cuda:0") that ``device`` ("auto" | "cpu" |
-    "cuda[:i]") names; "auto" takes CUDA when torch sees a GPU. Raises SSMError for an
-    unknown name, or "cuda" without a GPU."""
-    name = (device or "auto").lower()
-    if name == "cpu":
-        return "cpu"
-    from ssm.device import resolve_device
-
-    return str(resolve_device(name))
-
-
 def _units_name(units_per_mm: float) -> str:
     """The named unit within 20% of a fitted scale (scan units per mm), else 'unknown'.
 
@@ -112,7 +101,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
     device : "auto" | "cpu" | "cuda": where the closest-point searches (the bulk of the
         fit's time on a CPU), the model fit's basis products and the final smoothing run;
-        "auto" takes a CUDA GPU when torch sees one (:func:`search_device`). The rest is
+        "auto" takes a CUDA GPU when torch sees one (:func:`ssm.device.device_name`). The rest is
         CPU work (bookkeeping between the searches, small dense solves, a sparse LU).
     Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
     """
@@ -124,7 +113,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         check_landmarks_on_scan(lms.points, sc.tree, sc.diagonal,
                                 str(landmarks) if isinstance(landmarks, (str, os.PathLike)) else "landmarks")
     init_pose = _as_pose(pose)
-    dev = search_device(device)
+    dev = device_name(device)
     sc = sc.on(dev)
     units_per_mm = None if units in (None, "auto") else 1.0 / mm_per_unit(units)
     if units_per_mm is not None:  # a scan in other units than given fails to fit, obscurely
