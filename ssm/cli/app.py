@@ -272,36 +272,6 @@ def fit(
         raise typer.Exit(3)
 
 
-def _map_sources(model, maps: list[str], displacement_maps: list[str], base, depth_maps: list[str] = ()):
-    """--map POS:VAR, --displacement-map DISP:VAR and --depth-map D:VAR:K:POSE -> geometry sources."""
-    from ssm.fusion.fuse import source_from_depth_map, source_from_displacement_map, source_from_position_map
-    from ssm.fusion.uv_maps import read_map
-
-    out = []
-    for spec in depth_maps or []:
-        parts = spec.split(":")
-        if len(parts) != 4:
-            raise SSMError(f"--depth-map {spec}: give DEPTH:VARIANCE:INTRINSICS:POSE files "
-                           "(depth in mm, 3x3 K and 4x4 camera-to-model matrices as text)")
-        d, var, kfile, pfile = parts
-        k, pose = np.loadtxt(kfile, ndmin=2), np.loadtxt(pfile, ndmin=2)
-        if k.shape != (3, 3) or pose.shape != (4, 4):
-            raise SSMError(f"--depth-map {spec}: intrinsics must be 3x3 and the pose 4x4")
-        out.append(source_from_depth_map(base, model.triangles, read_map(d), read_map(var), k, pose,
-                                         name=Path(d).stem))
-    for spec in maps or []:
-        if ":" not in spec:
-            raise SSMError(f"--map {spec}: give POSITIONS:VARIANCE files, e.g. pos.npy:var.npy")
-        pos, var = spec.split(":", 1)
-        out.append(source_from_position_map(model, read_map(pos), read_map(var), name=Path(pos).stem))
-    for spec in displacement_maps or []:
-        if ":" not in spec:
-            raise SSMError(f"--displacement-map {spec}: give DISPLACEMENT:VARIANCE files")
-        disp, var = spec.split(":", 1)
-        out.append(source_from_displacement_map(model, base, read_map(disp), read_map(var), name=Path(disp).stem))
-    return out
-
-
 @app.command()
 def fuse(
     fits: List[Path] = typer.Argument(None, help="Folders written by 'ssm fit' (their fit_model_frame.ply)."),
@@ -320,6 +290,7 @@ def fuse(
     """Fuse fits and geometry maps by their uncertainty (robust to a bad source)."""
     import json as _json
 
+    from ssm.cli.geometry_maps import apply_normal_map, map_sources
     from ssm.fusion.fuse import fuse as run_fuse, source_from_fit, write_fused
     from ssm.geometry.torch_ops import smooth_uncertain
     from ssm.io.model_file import load_model
@@ -334,13 +305,13 @@ def fuse(
         if m is None:
             raise SSMError("geometry maps need the model: pass --model")
         base = sources[0].vertices if sources else m.mean
-        sources += _map_sources(m, map_, displacement_map, base, depth_map)
+        sources += map_sources(m, map_, displacement_map, base, depth_map)
     if len(sources) < 1:
         raise SSMError("nothing to fuse: give fit folders and/or --map files")
     tri = m.triangles if m is not None else _fit_triangles(fits[0])
     res = run_fuse(sources, triangles=tri)
     if normal_map:
-        res = _apply_normal_map(m, res, normal_map)
+        res = apply_normal_map(m, res, normal_map)
     if smooth > 0 and tri is not None:
         pins = None if m is None else m.landmark_indices
         v = smooth_uncertain(res.vertices, tri, res.stddev_mm, smooth, pins, device)
@@ -351,21 +322,6 @@ def fuse(
         con.print(f"{src['name']}: variance inflation {src['variance_inflation']:.2f}, "
                   f"mean weight share {src['mean_weight_share']:.2f}")
     con.print(f"wrote {out / 'fused.ply'} and {out / 'fused.json'}")
-
-
-def _apply_normal_map(model, res, spec: str):
-    """--normal-map N:VAR: refine a fused result with a normal-consistency term."""
-    from ssm.fusion.fuse import refine_with_normals
-    from ssm.fusion.uv_maps import read_map, sample_to_vertices
-
-    if ":" not in spec:
-        raise SSMError(f"--normal-map {spec}: give NORMALS:VARIANCE files, e.g. n.npy:nvar.npy")
-    npath, vpath = spec.split(":", 1)
-    nv = sample_to_vertices(read_map(npath), model.uv, model.triangle_uvs, model.triangles, model.n_vertices)
-    sv = sample_to_vertices(read_map(vpath)[..., None], model.uv, model.triangle_uvs, model.triangles,
-                            model.n_vertices)[:, 0]
-    v = refine_with_normals(res.vertices, res.variance, model.triangles, nv, np.where(np.isfinite(sv), sv, 1e6))
-    return type(res)(v, res.variance, res.weights, res.inflation, res.names)
 
 
 def _fit_triangles(folder: Path):

@@ -84,15 +84,15 @@ def fit_scan(model, job: ScanJob, opts: FitOptions) -> ScanOutcome:
 
 
 def _fuse_maps(model, res, job: ScanJob, opts: FitOptions) -> None:
-    from ssm.cli.app import _apply_normal_map, _map_sources
+    from ssm.cli.geometry_maps import apply_normal_map, map_sources
     from ssm.fusion.fuse import GeometrySource, fuse, write_fused
 
     srcs = [GeometrySource("fit", res.vertices_model, res.stddev_mm ** 2)]
-    srcs += _map_sources(model, list(opts.maps), list(opts.displacement_maps), res.vertices_model,
+    srcs += map_sources(model, list(opts.maps), list(opts.displacement_maps), res.vertices_model,
                          list(opts.depth_maps))
     fused = fuse(srcs, triangles=model.triangles)
     if opts.normal_map:
-        fused = _apply_normal_map(model, fused, opts.normal_map)
+        fused = apply_normal_map(model, fused, opts.normal_map)
     write_fused(fused, job.dest, model.triangles)
 
 
