@@ -168,7 +168,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         # isolated vertices and small floating pieces can be stray
         suspects = ~in_face | (count[label] < max(50, 0.01 * len(p)))
     else:
-        n, oriented = _estimate_normals(p, normals)
+        n, oriented = _estimate_normals(p, normals, tree)
         boundary = _cloud_boundary(p, n, tree)
     if clean:
         stray = _stray_points(p, tree, suspects)
@@ -248,8 +248,10 @@ def _side_consensus(scan: Scan, normals: np.ndarray, k: int = CONSENSUS_NEIGHBOU
     return side
 
 
-def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.ndarray, bool]:
-    """(P, 3) unit normals of a point cloud and whether they are oriented.
+def _estimate_normals(p: np.ndarray, normals: np.ndarray | None, tree: cKDTree | None = None
+                      ) -> tuple[np.ndarray, bool]:
+    """(P, 3) unit normals of a point cloud and whether they are oriented (``tree``: a
+    KD-tree of ``p``, for the numpy estimate).
 
     The file's normals are used where they exist (most scanners write them, facing the
     sensor); points whose normal is zero or NaN (often the stray ones) take an estimate
@@ -266,7 +268,7 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
             given[valid] = nrm[valid] / nn[valid, None]
             if valid.all():
                 return given, True
-    n = pca_normals(p)
+    n = pca_normals(p, tree=tree)
     if given is not None:
         have = np.flatnonzero(valid)
         _, j = scan_tree(p[have]).query(p[~valid])
@@ -281,10 +283,10 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None) -> tuple[np.nda
     return n, False
 
 
-def pca_normals(p: np.ndarray, k: int = 16) -> np.ndarray:
+def pca_normals(p: np.ndarray, k: int = 16, tree: cKDTree | None = None) -> np.ndarray:
     """(P, 3) unit normals of a cloud (P, 3), of either side: the least direction of each
     point's ``k`` nearest neighbours (Open3D's ``estimate_normals``, or the same in numpy
-    where Open3D does not import)."""
+    where Open3D does not import, by ``tree``, a KD-tree of ``p``, when given)."""
     from ssm.geometry.surface_distance import optional_open3d
 
     o3d = optional_open3d()
@@ -292,7 +294,7 @@ def pca_normals(p: np.ndarray, k: int = 16) -> np.ndarray:
         pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
         pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(k))
         return np.asarray(pcd.normals).copy()
-    _, nb = scan_tree(p).query(p, k=min(k, len(p)), workers=-1)
+    _, nb = (tree if tree is not None else scan_tree(p)).query(p, k=min(k, len(p)), workers=-1)
     nbr = p[nb.reshape(len(p), -1)]
     d = nbr - nbr.mean(1, keepdims=True)
     _, vec = np.linalg.eigh(np.einsum("pki,pkj->pij", d, d))
