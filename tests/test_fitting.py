@@ -722,3 +722,55 @@ def test_ict_bust_without_landmarks(ict_model):
     init = next(st for st in res.stages if st.name == "auto_init")
     assert init.extra["window_starts"] > 0
     assert res.converged and err < 1.0, err
+
+
+def test_fit_cli_fuses_a_position_map_with_the_fit(synth_model, generator, tmp_path):
+    """``ssm fit --map POS:VAR``: a UV position map of the subject (model frame, 0.15 mm
+    noise per axis) is fused with the fit by their uncertainties; fused.ply is closer to
+    the truth than the fit alone (and is not moved onto the fit's slightly turned face),
+    and a spec without its variance file is one error line."""
+    import trimesh
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.fusion.uv_maps import bake_to_map
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+
+    v, tri = synth_model.mean, synth_model.triangles
+    c = v - v.mean(0)  # a UV layout: spherical angles about the centre, the seam at the back
+    u = 0.5 + np.arctan2(c[:, 0], c[:, 2]) / (2 * np.pi)
+    w = 0.5 + np.arcsin(np.clip(c[:, 1] / np.linalg.norm(c, axis=1), -1, 1)) / np.pi
+    cu = u[tri]  # per corner: a triangle across the seam takes its low side past 1
+    cu = np.where((cu.max(1, keepdims=True) - cu.min(1, keepdims=True) > 0.5) & (cu < 0.5), cu + 1.0, cu)
+    uv = np.stack([cu.ravel() / 1.1, w[tri].ravel()], 1) * 0.9 + 0.05
+    model = synth_model.with_metadata(uv=uv, triangle_uvs=np.arange(3 * len(tri)).reshape(-1, 3))
+    save_model(model, tmp_path / "m.h5")
+    truth, raw = _case(generator, seed=6, units="mm", views="frontal")
+    write_mesh(tmp_path / "a.ply", raw.vertices, raw.faces)
+    runner = CliRunner()
+    args = ["fit", str(tmp_path / "m.h5"), str(tmp_path / "a.ply"), "--units", "mm"]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    # the truth in the model frame, through the pose the fit found (the fit is seeded:
+    # the run with the map finds the same pose)
+    pose = np.array(json.loads((tmp_path / "plain" / "fit.json").read_text())["pose_model_to_scan"])
+    ts = raw.to_scan.apply(truth)
+    t_model = np.linalg.solve(pose[:3, :3], (ts - pose[:3, 3]).T).T
+    rng = np.random.default_rng(0)
+    pos = bake_to_map(t_model + rng.normal(0, 0.15, t_model.shape), uv, model.triangle_uvs, tri, (512, 512))
+    np.save(tmp_path / "pos.npy", pos)
+    np.save(tmp_path / "var.npy", np.full(pos.shape[:2], 0.0675))  # 3 x 0.15^2 mm^2
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "mapped"),
+                                     "--map", f"{tmp_path / 'pos.npy'}:{tmp_path / 'var.npy'}"])
+    assert res.exit_code == 0, res.output
+    fit = np.asarray(trimesh.load(tmp_path / "mapped" / "fit_model_frame.ply", process=False).vertices)
+    fused = np.asarray(trimesh.load(tmp_path / "mapped" / "fused.ply", process=False).vertices)
+    face = generator.regions["face"]
+    e_fit = np.linalg.norm(fit - t_model, axis=1)[face].mean()
+    e_fused = np.linalg.norm(fused - t_model, axis=1)[face].mean()
+    assert e_fused < 0.75 * e_fit, (e_fused, e_fit)
+    sources = json.loads((tmp_path / "mapped" / "fused.json").read_text())["sources"]
+    assert [s["name"] for s in sources] == ["fit", "pos"] and not sources[1]["aligned"]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--map", str(tmp_path / "pos.npy")])
+    assert res.exit_code != 0 and "give POSITIONS:VARIANCE files" in res.output, res.output

