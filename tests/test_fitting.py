@@ -325,6 +325,24 @@ def test_landmark_names_and_aliases_match():
         match_landmarks(model_lms, LandmarkPoints(np.zeros((1, 3)), ("elbow",)))
 
 
+def test_landmarks_by_model_vertex():
+    """Rows named 'vertex N' are model vertex N with any model; with a model without named
+    landmarks (a statismo / scalismo file) plain integer names are vertex indices."""
+    pts = np.arange(12.0).reshape(4, 3)
+    m = match_landmarks({}, LandmarkPoints(pts, ("0", "300", "1399", "7")), "lm.csv", n_vertices=1400)
+    assert list(m.vertex) == [0, 300, 1399, 7] and m.names == ("vertex0", "vertex300", "vertex1399", "vertex7")
+    np.testing.assert_array_equal(m.points, pts)
+    mixed = match_landmarks({"ibug30": 20}, LandmarkPoints(pts[:3], ("Vertex 5", "nose tip", "vertex:9")),
+                            n_vertices=100)
+    assert list(mixed.vertex) == [5, 20, 9] and mixed.names == ("vertex5", "ibug30", "vertex9")
+    with pytest.raises(SSMError, match="names vertex 1400, but the model has 1400 vertices"):
+        match_landmarks({}, LandmarkPoints(pts[:1], ("1400",)), n_vertices=1400)
+    with pytest.raises(SSMError, match=r"no named landmarks, and the rows have no names.*'vertex 123"):
+        match_landmarks({}, LandmarkPoints(pts))
+    with pytest.raises(SSMError, match=r"the model has no named landmarks.*'vertex 123'"):
+        match_landmarks({}, LandmarkPoints(pts[:1], ("nose tip",)))
+
+
 @pytest.mark.parametrize("with_landmarks,scan_kind", [(True, "mesh"), (False, "mesh"), (True, "cloud"),
                                                       (False, "inverted mesh")])
 def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with_landmarks, scan_kind):
@@ -774,3 +792,33 @@ def test_fit_cli_fuses_a_position_map_with_the_fit(synth_model, generator, tmp_p
     assert [s["name"] for s in sources] == ["fit", "pos"] and not sources[1]["aligned"]
     res = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--map", str(tmp_path / "pos.npy")])
     assert res.exit_code != 0 and "give POSITIONS:VARIANCE files" in res.output, res.output
+
+
+def test_fit_with_a_scalismo_model_and_vertex_landmarks(tmp_path):
+    """A statismo / scalismo model file (no named landmarks, not a head) fits a raw scan of
+    one of its instances, initialised from landmarks given as point ids."""
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import load_model
+
+    path = shared_file("interop/scalismo_model.h5")
+    model = load_model(path)
+    truth = model.instance(np.random.default_rng(0).standard_normal(model.n_components))
+    raw = make_raw_scan(truth, model.triangles, views="frontal", spacing_mm=1.0, noise_mm=0.2, units="cm", seed=1)
+    write_mesh(tmp_path / "scan.ply", raw.vertices, raw.faces)
+    ids = [0, 300, 700, 1000, 1399]
+    pts = raw.to_scan.apply(truth[ids])
+    (tmp_path / "lm.csv").write_text("".join(f"{i} {p[0]} {p[1]} {p[2]}\n" for i, p in zip(ids, pts)))
+    res = CliRunner().invoke(app, ["fit", str(path), str(tmp_path / "scan.ply"), "--landmarks",
+                                   str(tmp_path / "lm.csv"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    import trimesh
+
+    fitted = np.asarray(trimesh.load(tmp_path / "out" / "fit.ply", process=False).vertices)
+    err = np.linalg.norm(raw.to_scan.inverse().apply(fitted) - truth, axis=1).mean()
+    assert err < 1.0, err
+    d = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert sorted(d["landmark_errors_mm"]) == sorted(f"vertex{i}" for i in ids)
+    assert abs(d["scale"] - 0.1) < 0.005  # centimetres, estimated

@@ -7,6 +7,10 @@ position in the model's landmark list), so a file saying "right eye outer" match
 landmark called ``ibug36`` or ``right_eye_outer``. Unnamed rows are taken in the model's
 landmark order (NaN rows = missing), or as iBUG-68 order when there are 68 of them and
 the model names iBUG points.
+
+Rows named ``vertex 123`` (``vertex_123``, ``vertex:123``) are model vertex 123 with any
+model; with a model that has no named landmarks (statismo / scalismo files, the Basel
+model) plain integer names are vertex indices too, as scalismo users give point ids.
 """
 
 from __future__ import annotations
@@ -65,18 +69,35 @@ class MatchedLandmarks:
         return len(self.vertex)
 
 
-def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: str = "landmarks") -> MatchedLandmarks:
-    """Pair the rows of a landmark file with the model's landmarks (see module doc)."""
-    if not model_landmarks:
-        raise InputFileError(path, "the model has no named landmarks",
-                             "train it from a corpus imported with --landmarks, or fit without --landmarks")
+def vertex_name(name: str) -> int | None:
+    """The vertex index a landmark name gives explicitly (``vertex 123``), if any."""
+    m = re.fullmatch(r"vertex_?(\d+)", normalise_name(name))
+    return int(m.group(1)) if m else None
+
+
+def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: str = "landmarks",
+                    n_vertices: int | None = None) -> MatchedLandmarks:
+    """Pair the rows of a landmark file with the model's landmarks (see module doc).
+
+    n_vertices : the model's vertex count, which vertex-index rows must stay under (None:
+        not checked).
+    """
     names = list(model_landmarks)
-    pairs: list[tuple[str, int]] = []  # (model name, row)
+    pairs: list[tuple[str, int, int]] = []  # (name, row, model vertex)
     if lp.names is not None:
         by_norm = {normalise_name(n): n for n in names}
         by_ibug = {ibug_index(n): n for n in names if ibug_index(n) is not None}
         unknown = []
         for row, raw in enumerate(lp.names):
+            v = vertex_name(raw)
+            if v is None and not names and raw.strip().isdigit():
+                v = int(raw)  # no model landmarks to index: a point id, as scalismo users give them
+            if v is not None:
+                if n_vertices is not None and v >= n_vertices:
+                    raise InputFileError(path, f"landmark {raw!r} names vertex {v}, but the model has "
+                                               f"{n_vertices} vertices", f"use vertex indices 0 to {n_vertices - 1}")
+                pairs.append((f"vertex{v}", row, v))
+                continue
             hit = by_norm.get(normalise_name(raw))
             if hit is None and ibug_index(raw) is not None:
                 hit = by_ibug.get(ibug_index(raw))
@@ -85,26 +106,34 @@ def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: s
             if hit is None:
                 unknown.append(raw)
             else:
-                pairs.append((hit, row))
+                pairs.append((hit, row, model_landmarks[hit]))
         if unknown and not pairs:
+            if not names:
+                raise InputFileError(path, "the model has no named landmarks",
+                                     "name the rows by model vertex ('vertex 123', or a plain index), train the "
+                                     "model from a corpus imported with --landmarks, or fit without --landmarks")
             raise InputFileError(path, f"none of the landmark names match the model's ({', '.join(unknown[:4])}"
                                        f"{' ...' if len(unknown) > 4 else ''})",
                                  f"use the model's names: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    elif not names:
+        raise InputFileError(path, "the model has no named landmarks, and the rows have no names",
+                             "name the rows by model vertex ('vertex 123,x,y,z' or '123 x y z'), or fit without "
+                             "--landmarks")
     elif len(lp) == len(names):
-        pairs = [(n, i) for i, n in enumerate(names)]
+        pairs = [(n, i, model_landmarks[n]) for i, n in enumerate(names)]
     elif len(lp) == 68 and sum(ibug_index(n) is not None for n in names) >= 3:
         by_ibug = {ibug_index(n): n for n in names if ibug_index(n) is not None}
-        pairs = [(by_ibug[i], i) for i in range(68) if i in by_ibug]
+        pairs = [(by_ibug[i], i, model_landmarks[by_ibug[i]]) for i in range(68) if i in by_ibug]
     else:
         raise InputFileError(path, f"{len(lp)} unnamed landmarks but the model has {len(names)}",
                              "give all of them in the model's order (NaN rows for missing) or name the rows")
-    pairs = [(n, r) for n, r in pairs if np.all(np.isfinite(lp.points[r]))]
+    pairs = [p for p in pairs if np.all(np.isfinite(lp.points[p[1]]))]
     if not pairs:
         raise InputFileError(path, "no usable landmark (all missing)", "fit without --landmarks")
-    rows = np.array([r for _, r in pairs])
+    rows = np.array([r for _, r, _ in pairs])
     cov = None if lp.covariances is None else lp.covariances[rows]
-    return MatchedLandmarks(np.array([model_landmarks[n] for n, _ in pairs]), lp.points[rows].copy(),
-                            tuple(n for n, _ in pairs), cov)
+    return MatchedLandmarks(np.array([v for _, _, v in pairs]), lp.points[rows].copy(),
+                            tuple(n for n, _, _ in pairs), cov)
 
 
 # median landmark-to-scan distance, as a share of the scan's extent, beyond which the

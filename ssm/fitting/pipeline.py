@@ -57,7 +57,7 @@ def _as_landmarks(model: ShapeModel, landmarks) -> MatchedLandmarks | None:
         landmarks = read_landmark_points(landmarks)
     elif not isinstance(landmarks, LandmarkPoints):
         landmarks = LandmarkPoints(np.asarray(landmarks, dtype=np.float64))
-    return match_landmarks(dict(model.landmarks), landmarks, path)
+    return match_landmarks(dict(model.landmarks), landmarks, path, model.n_vertices)
 
 
 def _as_pose(pose) -> Similarity | None:
