@@ -822,3 +822,21 @@ def test_fit_with_a_scalismo_model_and_vertex_landmarks(tmp_path):
     d = json.loads((tmp_path / "out" / "fit.json").read_text())
     assert sorted(d["landmark_errors_mm"]) == sorted(f"vertex{i}" for i in ids)
     assert abs(d["scale"] - 0.1) < 0.005  # centimetres, estimated
+    # scalismo's own way: reference landmarks on the model's mean and the scan's, matched by id
+    def scalismo_json(points):
+        return json.dumps([{"id": f"L{i}", "coordinates": list(map(float, q))} for i, q in zip(ids, points)])
+
+    (tmp_path / "ref.json").write_text(scalismo_json(model.mean[ids] + 0.3))  # near the vertices, not on them
+    (tmp_path / "target.json").write_text(scalismo_json(pts))
+    res = CliRunner().invoke(app, ["fit", str(path), str(tmp_path / "scan.ply"), "--landmarks",
+                                   str(tmp_path / "target.json"), "--model-landmarks", str(tmp_path / "ref.json"),
+                                   "--out", str(tmp_path / "out2")])
+    assert res.exit_code == 0, res.output
+    d2 = json.loads((tmp_path / "out2" / "fit.json").read_text())
+    assert sorted(d2["landmark_errors_mm"]) == sorted(f"L{i}" for i in ids)
+    assert d2["coefficients"] == d["coefficients"]  # the same landmarks, by another route
+    (tmp_path / "far.json").write_text(scalismo_json(model.mean[ids] * 10.0))  # in another unit
+    res = CliRunner().invoke(app, ["fit", str(path), str(tmp_path / "scan.ply"), "--landmarks",
+                                   str(tmp_path / "target.json"), "--model-landmarks", str(tmp_path / "far.json"),
+                                   "--out", str(tmp_path / "out3")])
+    assert isinstance(res.exception, SSMError) and "not on the model's mean shape" in str(res.exception)

@@ -194,6 +194,9 @@ def fit(
     landmarks: Optional[str] = typer.Option(None, help="Landmark file (CSV/LJSON/scalismo JSON); with several "
                                                        "scans use {stem}, e.g. 'lm/{stem}.csv'."),
     pose: Optional[Path] = typer.Option(None, help="Initial model->scan pose: a text file with a 4x4 matrix."),
+    model_landmarks: Optional[Path] = typer.Option(None, help="The model's landmarks, for a model file without "
+                                                              "them (statismo / scalismo): name,vertex CSV rows "
+                                                              "or named points on its mean (model frame)."),
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda: where the closest-point searches and the "
                                             "smoothing run (auto: a CUDA GPU when torch sees one)."),
@@ -220,11 +223,10 @@ def fit(
     (and fused.ply / fused.json when geometry maps are given)."""
     import dataclasses
 
-    from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans
+    from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans, load_fit_model
     from ssm.cli.progress import progress_bars
     from ssm.device import device_name
     from ssm.fitting.config import FitConfig
-    from ssm.io.model_file import load_model
 
     _setup_logging(verbose)
     if expression_field not in ("auto", "on", "off"):
@@ -232,7 +234,7 @@ def fit(
     if jobs < 1:
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
     device = device_name(device)  # a device that cannot be had fails once, before any scan
-    m = load_model(model)
+    m = load_fit_model(model, model_landmarks)
     cfg = FitConfig.preset(preset)
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
                               expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
@@ -247,7 +249,7 @@ def fit(
         todo.append(ScanJob(scan_path, out if len(scans) == 1 else out / sub,
                             landmarks.replace("{stem}", scan_path.stem) if landmarks else None))
     opts = FitOptions(model, cfg, device, units, pose, tuple(map_), tuple(displacement_map), normal_map,
-                      tuple(depth_map))
+                      tuple(depth_map), model_landmarks)
 
     def report(outcome) -> None:
         if outcome.note:

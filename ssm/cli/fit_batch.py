@@ -30,6 +30,19 @@ class FitOptions:
     displacement_maps: tuple[str, ...] = ()
     normal_map: str | None = None
     depth_maps: tuple[str, ...] = ()
+    model_landmarks: Path | None = None
+
+
+def load_fit_model(model_path: Path, model_landmarks: Path | None = None):
+    """The model to fit with: the file's, with the named landmarks of ``model_landmarks``
+    (name,vertex rows or points on its mean) added to (or replacing) its own."""
+    from ssm.io.landmarks import read_model_landmarks
+    from ssm.io.model_file import load_model
+
+    model = load_model(model_path)
+    if model_landmarks is None:
+        return model
+    return model.with_metadata(landmarks={**model.landmarks, **read_model_landmarks(model_landmarks, model.mean)})
 
 
 @dataclass(frozen=True)
@@ -99,18 +112,16 @@ def _fuse_maps(model, res, job: ScanJob, opts: FitOptions) -> None:
 _WORKER: dict = {}  # the model (and the thread limit it keeps) of a worker process
 
 
-def _init_worker(model_path: Path, threads: int, verbose: bool) -> None:
+def _init_worker(model_path: Path, model_landmarks: Path | None, threads: int, verbose: bool) -> None:
     """A worker's start: its share of the threads, logging, and the model, loaded once."""
     import torch
     from threadpoolctl import threadpool_limits
-
-    from ssm.io.model_file import load_model
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     _WORKER["limits"] = threadpool_limits(limits=threads)  # BLAS / OpenMP, held for the worker's life
-    _WORKER["model"] = load_model(model_path)
+    _WORKER["model"] = load_fit_model(model_path, model_landmarks)
 
 
 def _fit_in_worker(job: ScanJob, opts: FitOptions) -> ScanOutcome:
@@ -145,7 +156,7 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
     results: list[ScanOutcome | None] = [None] * total
     progress("Fitting scans", 0, total)
     with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(opts.model_path, threads, verbose)) as pool:
+                             initargs=(opts.model_path, opts.model_landmarks, threads, verbose)) as pool:
         futures = {pool.submit(_fit_in_worker, job, opts): i for i, job in enumerate(jobs)}
         for done, fut in enumerate(as_completed(futures), 1):
             i = futures[fut]

@@ -317,6 +317,34 @@ def read_template_landmarks(path: str | os.PathLike, template_vertices: np.ndarr
         snapped to the nearest template vertex; unnamed points are named ``lm00``...).
     template_vertices : (N, 3) template coordinates in the file's units.
     """
+    return _template_landmarks(path, template_vertices)[0]
+
+
+#: point landmarks whose median distance to the nearest vertex is over this share of the
+#: shape's bounding-box diagonal are not on the shape (another frame or unit)
+OFF_SHAPE_SHARE = 0.05
+
+
+def read_model_landmarks(path: str | os.PathLike, vertices: np.ndarray) -> dict[str, int]:
+    """Named landmarks (name -> vertex index) for a model without them (a statismo /
+    scalismo file), from ``name,vertex`` CSV rows or points on its mean ``vertices`` (N, 3)
+    (model frame and units; a scalismo reference landmark file), each snapped to the
+    nearest vertex. Raises InputFileError when the points are not on the mean (their
+    median distance to it over :data:`OFF_SHAPE_SHARE` of its size: another frame or unit).
+    """
+    out, dist = _template_landmarks(path, vertices)
+    size = float(np.linalg.norm(np.ptp(vertices, axis=0)))
+    if dist is not None and len(dist) and np.median(dist) > OFF_SHAPE_SHARE * size:
+        raise InputFileError(path, f"the landmarks are not on the model's mean shape (a median {np.median(dist):.3g} "
+                                   f"from its nearest vertex; the shape is {size:.3g} across)",
+                             "give them in the model's frame and units, on its mean")
+    return out
+
+
+def _template_landmarks(path: str | os.PathLike, template_vertices: np.ndarray
+                        ) -> tuple[dict[str, int], np.ndarray | None]:
+    """:func:`read_template_landmarks`, and the snapped points' distances to their vertices
+    (None for ``name,vertex`` rows)."""
     path = Path(path)
     n = template_vertices.shape[0]
     if path.suffix.lower() in (".csv", ".txt") and path.exists():
@@ -335,11 +363,14 @@ def read_template_landmarks(path: str | os.PathLike, template_vertices: np.ndarr
                 out[name] = int(idx)
             if not out:
                 raise InputFileError(path, "no landmark rows", "use name,vertex rows")
-            return out
+            return out, None
     lp = read_landmark_points(path)
     names = lp.names or tuple(f"lm{i:02d}" for i in range(len(lp)))
-    out = {}
+    out, dist = {}, []
     for name, p in zip(names, lp.points):
         if np.all(np.isfinite(p)):
-            out[name] = int(np.argmin(((template_vertices - p) ** 2).sum(axis=1)))
-    return out
+            d2 = ((template_vertices - p) ** 2).sum(axis=1)
+            out[name] = int(np.argmin(d2))
+            dist.append(float(np.sqrt(d2[out[name]])))
+    return out, np.array(dist)
+
