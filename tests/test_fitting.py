@@ -669,6 +669,53 @@ def test_ict_expression_landmark_warp(ict_model):
 
 
 @pytest.mark.slow
+def test_basel_style_model_with_expressions_fits_an_expression(tmp_path):
+    """A Basel-style file (/shape: ICT's identity modes; /expression: its blendshapes), as
+    the Basel Face Model 2017 is laid out, landmarks named with --model-landmarks: 'ssm
+    fit' fits identity and expression together and does much better on a face with an
+    expression than with --no-expression-model."""
+    import h5py
+    import trimesh
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.demo.ict_cases import heldout_case, load_ict
+    from ssm.io.meshes import write_mesh
+
+    ict = load_ict(shared_file("ict_head/ict_head.npz"))
+
+    def group(f, name, mean, basis_rows, scale):  # statismo layout; basis rows (K, N, 3)
+        b = basis_rows.reshape(len(basis_rows), -1).T
+        norms = np.linalg.norm(b, axis=0)
+        f[f"{name}/model/mean"] = mean.reshape(-1).astype(np.float32)
+        f[f"{name}/model/pcaBasis"] = (b / norms).astype(np.float32)
+        f[f"{name}/model/pcaVariance"] = ((scale * norms) ** 2).astype(np.float32)
+        f[f"{name}/model/noiseVariance"] = np.float32(0.0)
+        f[f"{name}/representer/points"] = ict.mean.T.astype(np.float32)
+        f[f"{name}/representer/cells"] = ict.triangles.T.astype(np.int32)
+
+    with h5py.File(tmp_path / "bfm.h5", "w") as f:
+        group(f, "shape", ict.mean, ict.modes, 1.0)
+        group(f, "expression", np.zeros_like(ict.mean), ict.expressions, 0.3)  # offsets; weights ~0.3
+    (tmp_path / "model_lm.csv").write_text("".join(f"ibug{i:02d},{v}\n" for i, v in enumerate(ict.landmarks68)))
+    case = heldout_case(ict, 0, views="frontal", landmarks="68", expression=True)
+    write_mesh(tmp_path / "scan.ply", case.scan.vertices, case.scan.faces)
+    np.savetxt(tmp_path / "lm.csv", case.landmarks, delimiter=",")
+    errs = {}
+    for flag in ("--expression-model", "--no-expression-model"):
+        out = tmp_path / flag.strip("-")
+        res = CliRunner().invoke(app, ["fit", str(tmp_path / "bfm.h5"), str(tmp_path / "scan.ply"), "--landmarks",
+                                       str(tmp_path / "lm.csv"), "--model-landmarks", str(tmp_path / "model_lm.csv"),
+                                       flag, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        v = np.asarray(trimesh.load(out / "fit.ply", process=False).vertices)
+        errs[flag] = np.linalg.norm(case.scan.to_scan.inverse().apply(v) - case.truth, axis=1)[:ict.narrow_face].mean()
+        used = json.loads((out / "fit.json").read_text()).get("expression_model")
+        assert (used == {"components": 53, "identity_components": 100}) == (flag == "--expression-model")
+    assert errs["--expression-model"] < 0.8 * errs["--no-expression-model"], errs
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,landmarks", [("james.ply", "james_landmarks68.csv"),
                                             ("humface.ply", "humface_landmarks7.csv"),
                                             ("lee_perry_smith.ply", None)])

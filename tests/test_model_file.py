@@ -87,6 +87,46 @@ def test_reads_basel_style_shape_group(tmp_path):
     assert dict(r.landmarks) == {"nose": 3}
 
 
+def _write_statismo_group(f, name, mean, basis, variances, triangles):
+    g = f.create_group(name)
+    g["model/mean"] = mean.reshape(-1).astype(np.float32)
+    g["model/pcaBasis"] = basis.astype(np.float32)
+    g["model/pcaVariance"] = variances.astype(np.float32)
+    g["model/noiseVariance"] = np.array([0.0], np.float32)
+    g["representer/points"] = mean.reshape(-1, 3).T.astype(np.float32)
+    g["representer/cells"] = triangles.T
+
+
+def test_basel_expression_model_adds_to_the_shape_model(tmp_path):
+    """A Basel-style file with /shape and /expression (as the Basel Face Model 2017):
+    expression=True gives the identity plus independent expression distribution (means
+    add, covariances add) with one orthonormal basis; expression=False the shape alone."""
+    m = _model()
+    rng = np.random.default_rng(5)
+    e_basis = rng.normal(size=(30, 3))  # not orthonormal, not orthogonal to the shape's
+    e_var = np.array([4.0, 1.0, 0.25])
+    e_mean = rng.normal(0, 0.1, size=(10, 3))  # offsets from the shape's mean
+    p = tmp_path / "bfm.h5"
+    with h5py.File(p, "w") as f:
+        _write_statismo_group(f, "shape", m.mean, m.basis, m.variances, m.triangles)
+        _write_statismo_group(f, "expression", e_mean, e_basis, e_var, m.triangles)
+    alone = load_model(p)
+    assert alone.n_components == 4 and "expression_model" not in alone.provenance
+    both = load_model(p, expression=True)
+    np.testing.assert_allclose(both.mean, m.mean + e_mean, atol=1e-5)
+    np.testing.assert_allclose(both.basis.T @ both.basis, np.eye(both.n_components), atol=1e-8)
+    cov = (m.basis * m.variances) @ m.basis.T + (e_basis * e_var) @ e_basis.T
+    np.testing.assert_allclose((both.basis * both.variances) @ both.basis.T, cov, atol=1e-5 * np.abs(cov).max())
+    assert both.n_components == 7 and both.provenance["expression_model"] == {"components": 3,
+                                                                            "identity_components": 4}
+    with h5py.File(p, "a") as f:  # an expression model of another mesh
+        del f["expression"]
+        _write_statismo_group(f, "expression", np.zeros((12, 3)), rng.normal(size=(36, 2)), np.ones(2),
+                              m.triangles)
+    with pytest.raises(SSMError, match="expression model has 12 vertices but the shape model 10"):
+        load_model(p, expression=True)
+
+
 def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")

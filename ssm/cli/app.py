@@ -197,6 +197,9 @@ def fit(
     model_landmarks: Optional[Path] = typer.Option(None, help="The model's landmarks, for a model file without "
                                                               "them (statismo / scalismo): name,vertex CSV rows "
                                                               "or named points on its mean (model frame)."),
+    expression_model: bool = typer.Option(True, help="When the model file also has a Basel-style expression "
+                                                     "model (/expression), fit identity and expression "
+                                                     "together."),
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda: where the closest-point searches and the "
                                             "smoothing run (auto: a CUDA GPU when torch sees one)."),
@@ -234,7 +237,7 @@ def fit(
     if jobs < 1:
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
     device = device_name(device)  # a device that cannot be had fails once, before any scan
-    m = load_fit_model(model, model_landmarks)
+    m = load_fit_model(model, model_landmarks, expression_model)
     cfg = FitConfig.preset(preset)
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
                               expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
@@ -249,7 +252,7 @@ def fit(
         todo.append(ScanJob(scan_path, out if len(scans) == 1 else out / sub,
                             landmarks.replace("{stem}", scan_path.stem) if landmarks else None))
     opts = FitOptions(model, cfg, device, units, pose, tuple(map_), tuple(displacement_map), normal_map,
-                      tuple(depth_map), model_landmarks)
+                      tuple(depth_map), model_landmarks, expression_model)
 
     def report(outcome) -> None:
         if outcome.note:

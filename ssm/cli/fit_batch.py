@@ -31,15 +31,17 @@ class FitOptions:
     normal_map: str | None = None
     depth_maps: tuple[str, ...] = ()
     model_landmarks: Path | None = None
+    expression_model: bool = True
 
 
-def load_fit_model(model_path: Path, model_landmarks: Path | None = None):
-    """The model to fit with: the file's, with the named landmarks of ``model_landmarks``
+def load_fit_model(model_path: Path, model_landmarks: Path | None = None, expression_model: bool = True):
+    """The model to fit with: the file's (with its Basel-style expression model when it
+    has one and ``expression_model``), with the named landmarks of ``model_landmarks``
     (name,vertex rows or points on its mean) added to (or replacing) its own."""
     from ssm.io.landmarks import read_model_landmarks
     from ssm.io.model_file import load_model
 
-    model = load_model(model_path)
+    model = load_model(model_path, expression=expression_model)
     if model_landmarks is None:
         return model
     return model.with_metadata(landmarks={**model.landmarks, **read_model_landmarks(model_landmarks, model.mean)})
@@ -77,8 +79,10 @@ def fit_scan(model, job: ScanJob, opts: FitOptions) -> ScanOutcome:
         sc = load_scan(job.scan)
         res = fit(model, sc, landmarks=job.landmarks, pose=opts.pose, units=opts.units, device=opts.device,
                   config=opts.config)
-        write_fit(res, job.dest, sc, {"scan": str(job.scan), "model": str(opts.model_path),
-                                      "landmarks": job.landmarks})
+        info = {"scan": str(job.scan), "model": str(opts.model_path), "landmarks": job.landmarks}
+        if "expression_model" in model.provenance:  # identity and expression fitted together
+            info["expression_model"] = model.provenance["expression_model"]
+        write_fit(res, job.dest, sc, info)
         if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
             _fuse_maps(model, res, job, opts)
         d = res.summary()["distance_to_scan_mm"]
@@ -112,7 +116,7 @@ def _fuse_maps(model, res, job: ScanJob, opts: FitOptions) -> None:
 _WORKER: dict = {}  # the model (and the thread limit it keeps) of a worker process
 
 
-def _init_worker(model_path: Path, model_landmarks: Path | None, threads: int, verbose: bool) -> None:
+def _init_worker(opts: FitOptions, threads: int, verbose: bool) -> None:
     """A worker's start: its share of the threads, logging, and the model, loaded once."""
     import torch
     from threadpoolctl import threadpool_limits
@@ -121,7 +125,7 @@ def _init_worker(model_path: Path, model_landmarks: Path | None, threads: int, v
                         format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     _WORKER["limits"] = threadpool_limits(limits=threads)  # BLAS / OpenMP, held for the worker's life
-    _WORKER["model"] = load_fit_model(model_path, model_landmarks)
+    _WORKER["model"] = load_fit_model(opts.model_path, opts.model_landmarks, opts.expression_model)
 
 
 def _fit_in_worker(job: ScanJob, opts: FitOptions) -> ScanOutcome:
@@ -156,7 +160,7 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
     results: list[ScanOutcome | None] = [None] * total
     progress("Fitting scans", 0, total)
     with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(opts.model_path, opts.model_landmarks, threads, verbose)) as pool:
+                             initargs=(opts, threads, verbose)) as pool:
         futures = {pool.submit(_fit_in_worker, job, opts): i for i, job in enumerate(jobs)}
         for done, fut in enumerate(as_completed(futures), 1):
             i = futures[fut]

@@ -136,7 +136,7 @@ def _find_model_root(f: h5py.File, group: str | None) -> str:
     raise KeyError("model")
 
 
-def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
+def load_model(path: str | os.PathLike, group: str | None = None, expression: bool = False) -> ShapeModel:
     """Read a shape model from an HDF5 file.
 
     Reads files written by :func:`save_model` (bit-exact) and statismo-layout files
@@ -145,6 +145,13 @@ def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
     to pick another). Old statismo 0.8 bases (``U sqrt(lambda)``) and non-orthonormal
     bases (e.g. discretised Gaussian processes) are converted to the same distribution
     with an orthonormal basis.
+
+    expression : when the file also holds a Basel-style expression model (``/expression``,
+        as the Basel Face Model 2017 / 2019: a face is ``shape mean + expression mean +
+        shape basis a + expression basis b``), return the two together: the distribution
+        of identity plus independent expression, with one orthonormal basis (the
+        identity and expression coefficients are not told apart), for fitting faces that
+        are not neutral. Without one, or with False, the shape model alone.
 
     Returns a :class:`ShapeModel` (coordinates in the file's units; statismo files carry
     none, so ``mm`` is assumed and recorded in ``provenance``).
@@ -165,7 +172,10 @@ def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
                                  "pass the model's HDF5 group with --group") from None
         base = "" if root == "/" else root
         try:
-            return _read(f, base, path)
+            model = _read(f, base, path)
+            if expression and base and root != "/expression" and "expression/model" in f:
+                model = _with_expression(model, f, path)
+            return model
         except KeyError as exc:
             raise InputFileError(path, f"model file is missing {exc.args[0]}",
                                  "the file is incomplete; re-save the model") from None
@@ -235,6 +245,29 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
     return ShapeModel(mean=mean.reshape(-1, 3).astype(keep), basis=basis.astype(keep),
                       variances=variances.astype(keep), noise_variance=noise, triangles=triangles,
                       landmarks=landmarks, regions=regions, units=units, provenance=provenance, **uv_kw)
+
+
+def _with_expression(shape: ShapeModel, f: h5py.File, path: Path) -> ShapeModel:
+    """``shape`` with the file's ``/expression`` model added (independent Gaussians: the
+    means add, the covariances add), re-expressed with one orthonormal basis."""
+    expr = _read(f, "/expression", path)
+    if expr.n_vertices != shape.n_vertices:
+        raise InputFileError(path, f"the expression model has {expr.n_vertices} vertices but the shape model "
+                                   f"{shape.n_vertices}", "fit with the shape model alone (--no-expression-model)")
+    offset = np.asarray(expr.mean, np.float64)
+    # Basel files store the expression mean as offsets from the shape's; a file storing a
+    # whole face there (as large as the shape's mean) gives its offset from the shape's
+    if np.sqrt((offset ** 2).mean()) > 0.5 * np.sqrt(((shape.mean - shape.mean.mean(0)) ** 2).mean()):
+        offset = offset - shape.mean
+    basis = np.concatenate([np.asarray(shape.basis, np.float64), np.asarray(expr.basis, np.float64)], 1)
+    variances = np.concatenate([shape.variances, expr.variances]).astype(np.float64)
+    basis, variances = _orthonormalise(basis, variances)
+    provenance = {**shape.provenance, "expression_model": {"components": int(expr.n_components),
+                                                           "identity_components": int(shape.n_components)}}
+    return ShapeModel(mean=np.asarray(shape.mean, np.float64) + offset, basis=basis, variances=variances,
+                      noise_variance=shape.noise_variance + expr.noise_variance, triangles=shape.triangles,
+                      landmarks=shape.landmarks, regions=shape.regions, units=shape.units, provenance=provenance,
+                      uv=shape.uv, triangle_uvs=shape.triangle_uvs)
 
 
 def _statismo_version(f: h5py.File, rep) -> tuple[int, int]:
