@@ -669,11 +669,12 @@ def test_ict_expression_landmark_warp(ict_model):
 
 
 @pytest.mark.slow
-def test_basel_style_model_with_expressions_fits_an_expression(tmp_path):
+def test_basel_style_model_with_expressions(tmp_path):
     """A Basel-style file (/shape: ICT's identity modes; /expression: its blendshapes), as
-    the Basel Face Model 2017 is laid out, landmarks named with --model-landmarks: 'ssm
-    fit' fits identity and expression together and does much better on a face with an
-    expression than with --no-expression-model."""
+    the Basel Face Model 2017 lays them out, landmarks named with --model-landmarks. On a
+    face with an expression, 'ssm fit' (--expression-model auto) finds it, fits identity and
+    expression together and does much better than with the identity alone (off); on a
+    neutral face the probe leaves the identity fit as it is."""
     import h5py
     import trimesh
     from typer.testing import CliRunner
@@ -698,21 +699,35 @@ def test_basel_style_model_with_expressions_fits_an_expression(tmp_path):
         group(f, "shape", ict.mean, ict.modes, 1.0)
         group(f, "expression", np.zeros_like(ict.mean), ict.expressions, 0.3)  # offsets; weights ~0.3
     (tmp_path / "model_lm.csv").write_text("".join(f"ibug{i:02d},{v}\n" for i, v in enumerate(ict.landmarks68)))
-    case = heldout_case(ict, 0, views="frontal", landmarks="68", expression=True)
-    write_mesh(tmp_path / "scan.ply", case.scan.vertices, case.scan.faces)
-    np.savetxt(tmp_path / "lm.csv", case.landmarks, delimiter=",")
-    errs = {}
-    for flag in ("--expression-model", "--no-expression-model"):
-        out = tmp_path / flag.strip("-")
-        res = CliRunner().invoke(app, ["fit", str(tmp_path / "bfm.h5"), str(tmp_path / "scan.ply"), "--landmarks",
-                                       str(tmp_path / "lm.csv"), "--model-landmarks", str(tmp_path / "model_lm.csv"),
-                                       flag, "--out", str(out)])
+
+    def run(case, mode):
+        name = f"{'expr' if case is expr else 'neutral'}_{mode}"
+        write_mesh(tmp_path / f"{name}.ply", case.scan.vertices, case.scan.faces)
+        np.savetxt(tmp_path / f"{name}.csv", case.landmarks, delimiter=",")
+        res = CliRunner().invoke(app, ["fit", str(tmp_path / "bfm.h5"), str(tmp_path / f"{name}.ply"),
+                                       "--landmarks", str(tmp_path / f"{name}.csv"), "--model-landmarks",
+                                       str(tmp_path / "model_lm.csv"), "--expression-model", mode,
+                                       "--out", str(tmp_path / name)])
         assert res.exit_code == 0, res.output
-        v = np.asarray(trimesh.load(out / "fit.ply", process=False).vertices)
-        errs[flag] = np.linalg.norm(case.scan.to_scan.inverse().apply(v) - case.truth, axis=1)[:ict.narrow_face].mean()
-        used = json.loads((out / "fit.json").read_text()).get("expression_model")
-        assert (used == {"components": 53, "identity_components": 100}) == (flag == "--expression-model")
-    assert errs["--expression-model"] < 0.8 * errs["--no-expression-model"], errs
+        v = np.asarray(trimesh.load(tmp_path / name / "fit.ply", process=False).vertices)
+        err = np.linalg.norm(case.scan.to_scan.inverse().apply(v) - case.truth, axis=1)[:ict.narrow_face].mean()
+        return err, json.loads((tmp_path / name / "fit.json").read_text())
+
+    expr = heldout_case(ict, 0, views="frontal", landmarks="68", expression=True)
+    e_auto, d_auto = run(expr, "auto")
+    e_off, d_off = run(expr, "off")
+    assert e_auto < 0.8 * e_off, (e_auto, e_off)
+    stage = next(st for st in d_auto["stages"] if st["name"] == "expression_model")
+    assert stage["extra"]["applied"] and stage["extra"]["probe_rms_mm"] > 2.0
+    assert d_auto["expression_model"] == {"components": 53, "mode": "auto"}
+    assert len(d_auto["expression_coefficients"]) == 53 and len(d_auto["coefficients"]) == 100
+    assert d_off["expression_coefficients"] is None and "expression_model" not in d_off
+    neutral = heldout_case(ict, 0, views="frontal", landmarks="68")
+    e_auto, d_auto = run(neutral, "auto")
+    stage = next(st for st in d_auto["stages"] if st["name"] == "expression_model")
+    assert not stage["extra"]["applied"] and d_auto["expression_coefficients"] is None
+    e_off, _ = run(neutral, "off")  # (off: the generic landmark warp may differ slightly)
+    assert e_auto < e_off + 0.05, (e_auto, e_off)
 
 
 @pytest.mark.slow

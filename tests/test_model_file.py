@@ -97,34 +97,41 @@ def _write_statismo_group(f, name, mean, basis, variances, triangles):
     g["representer/cells"] = triangles.T
 
 
-def test_basel_expression_model_adds_to_the_shape_model(tmp_path):
-    """A Basel-style file with /shape and /expression (as the Basel Face Model 2017):
-    expression=True gives the identity plus independent expression distribution (means
-    add, covariances add) with one orthonormal basis; expression=False the shape alone."""
+def test_basel_expression_model_is_read_beside_the_shape_model(tmp_path):
+    """A Basel-style file with /shape and /expression (as the Basel Face Model 2017): the
+    expression model comes with its mean as offsets from the shape's (a whole face stored
+    there is turned into its offsets), an orthonormal basis of the same covariance and the
+    shape's triangles; a file without one gives None, and one of another mesh an error."""
+    from ssm.io.model_file import load_expression_model
+
     m = _model()
     rng = np.random.default_rng(5)
-    e_basis = rng.normal(size=(30, 3))  # not orthonormal, not orthogonal to the shape's
+    e_basis = rng.normal(size=(30, 3))  # not orthonormal
     e_var = np.array([4.0, 1.0, 0.25])
     e_mean = rng.normal(0, 0.1, size=(10, 3))  # offsets from the shape's mean
     p = tmp_path / "bfm.h5"
     with h5py.File(p, "w") as f:
         _write_statismo_group(f, "shape", m.mean, m.basis, m.variances, m.triangles)
         _write_statismo_group(f, "expression", e_mean, e_basis, e_var, m.triangles)
-    alone = load_model(p)
-    assert alone.n_components == 4 and "expression_model" not in alone.provenance
-    both = load_model(p, expression=True)
-    np.testing.assert_allclose(both.mean, m.mean + e_mean, atol=1e-5)
-    np.testing.assert_allclose(both.basis.T @ both.basis, np.eye(both.n_components), atol=1e-8)
-    cov = (m.basis * m.variances) @ m.basis.T + (e_basis * e_var) @ e_basis.T
-    np.testing.assert_allclose((both.basis * both.variances) @ both.basis.T, cov, atol=1e-5 * np.abs(cov).max())
-    assert both.n_components == 7 and both.provenance["expression_model"] == {"components": 3,
-                                                                            "identity_components": 4}
+    assert load_model(p).n_components == 4  # the shape model alone
+    e = load_expression_model(p)
+    np.testing.assert_allclose(e.mean, e_mean, atol=1e-6)
+    np.testing.assert_allclose(e.basis.T @ e.basis, np.eye(3), atol=1e-8)
+    cov = (e_basis * e_var) @ e_basis.T
+    np.testing.assert_allclose((e.basis * e.variances) @ e.basis.T, cov, atol=1e-5 * np.abs(cov).max())
+    np.testing.assert_array_equal(e.triangles, m.triangles)
+    with h5py.File(p, "a") as f:  # a whole face in the expression mean
+        del f["expression/model/mean"]
+        f["expression/model/mean"] = (m.mean + e_mean).reshape(-1).astype(np.float32)
+    np.testing.assert_allclose(load_expression_model(p).mean, e_mean, atol=1e-5)
+    save_model(m, tmp_path / "ours.h5")
+    assert load_expression_model(tmp_path / "ours.h5") is None
     with h5py.File(p, "a") as f:  # an expression model of another mesh
         del f["expression"]
         _write_statismo_group(f, "expression", np.zeros((12, 3)), rng.normal(size=(36, 2)), np.ones(2),
                               m.triangles)
     with pytest.raises(SSMError, match="expression model has 12 vertices but the shape model 10"):
-        load_model(p, expression=True)
+        load_expression_model(p)
 
 
 def test_corrupt_and_missing_files_give_clear_errors(tmp_path):

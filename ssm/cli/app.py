@@ -197,9 +197,9 @@ def fit(
     model_landmarks: Optional[Path] = typer.Option(None, help="The model's landmarks, for a model file without "
                                                               "them (statismo / scalismo): name,vertex CSV rows "
                                                               "or named points on its mean (model frame)."),
-    expression_model: bool = typer.Option(True, help="When the model file also has a Basel-style expression "
-                                                     "model (/expression), fit identity and expression "
-                                                     "together."),
+    expression_model: str = typer.Option("auto", help="When the model file also has a Basel-style expression "
+                                                      "model (/expression): auto (fit the expression when a "
+                                                      "quick probe finds the face is not neutral) | on | off."),
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda: where the closest-point searches and the "
                                             "smoothing run (auto: a CUDA GPU when torch sees one)."),
@@ -234,14 +234,17 @@ def fit(
     _setup_logging(verbose)
     if expression_field not in ("auto", "on", "off"):
         raise SSMError(f"--expression-field must be auto, on or off, got {expression_field!r}")
+    if expression_model not in ("auto", "on", "off"):
+        raise SSMError(f"--expression-model must be auto, on or off, got {expression_model!r}")
     if jobs < 1:
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
     device = device_name(device)  # a device that cannot be had fails once, before any scan
-    m = load_fit_model(model, model_landmarks, expression_model)
+    m, expression = load_fit_model(model, model_landmarks, expression_model)
     cfg = FitConfig.preset(preset)
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
                               expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
-                              expression_field_gate_mm=0.0 if expression_field == "on" else cfg.expression_field_gate_mm)
+                              expression_field_gate_mm=0.0 if expression_field == "on" else cfg.expression_field_gate_mm,
+                              expression_model_gate_mm=0.0 if expression_model == "on" else cfg.expression_model_gate_mm)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()
@@ -261,7 +264,7 @@ def fit(
             typer.echo(f"error: {outcome.error}", err=True)
 
     with progress_bars() as bar:
-        outcomes = fit_scans(m, todo, opts, jobs, bar, report, verbose)
+        outcomes = fit_scans(m, todo, opts, jobs, bar, report, verbose, expression)
     rows = [o.row for o in outcomes]
     failed = sum(o.failed for o in outcomes)
 

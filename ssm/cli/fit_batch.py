@@ -31,20 +31,25 @@ class FitOptions:
     normal_map: str | None = None
     depth_maps: tuple[str, ...] = ()
     model_landmarks: Path | None = None
-    expression_model: bool = True
+    expression_model: str = "auto"
 
 
-def load_fit_model(model_path: Path, model_landmarks: Path | None = None, expression_model: bool = True):
-    """The model to fit with: the file's (with its Basel-style expression model when it
-    has one and ``expression_model``), with the named landmarks of ``model_landmarks``
-    (name,vertex rows or points on its mean) added to (or replacing) its own."""
+def load_fit_model(model_path: Path, model_landmarks: Path | None = None, expression_model: str = "auto"):
+    """(the model to fit with, its expression model or None).
+
+    The model file's, with the named landmarks of ``model_landmarks`` (name,vertex rows
+    or points on its mean) added to (or replacing) its own; the file's Basel-style
+    expression model unless ``expression_model`` is "off".
+    """
     from ssm.io.landmarks import read_model_landmarks
-    from ssm.io.model_file import load_model
+    from ssm.io.model_file import load_expression_model, load_model
 
-    model = load_model(model_path, expression=expression_model)
-    if model_landmarks is None:
-        return model
-    return model.with_metadata(landmarks={**model.landmarks, **read_model_landmarks(model_landmarks, model.mean)})
+    model = load_model(model_path)
+    if model_landmarks is not None:
+        model = model.with_metadata(landmarks={**model.landmarks,
+                                               **read_model_landmarks(model_landmarks, model.mean)})
+    expression = None if expression_model == "off" else load_expression_model(model_path)
+    return model, expression
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class ScanOutcome:
     error: str | None = None
 
 
-def fit_scan(model, job: ScanJob, opts: FitOptions) -> ScanOutcome:
+def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutcome:
     """Fit one scan and write its outputs (and the fused geometry maps, if any)."""
     from ssm.fitting.outputs import write_fit
     from ssm.fitting.pipeline import fit
@@ -78,10 +83,10 @@ def fit_scan(model, job: ScanJob, opts: FitOptions) -> ScanOutcome:
     try:
         sc = load_scan(job.scan)
         res = fit(model, sc, landmarks=job.landmarks, pose=opts.pose, units=opts.units, device=opts.device,
-                  config=opts.config)
+                  config=opts.config, expression_model=expression)
         info = {"scan": str(job.scan), "model": str(opts.model_path), "landmarks": job.landmarks}
-        if "expression_model" in model.provenance:  # identity and expression fitted together
-            info["expression_model"] = model.provenance["expression_model"]
+        if expression is not None:
+            info["expression_model"] = {"components": expression.n_components, "mode": opts.expression_model}
         write_fit(res, job.dest, sc, info)
         if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
             _fuse_maps(model, res, job, opts)
@@ -125,17 +130,19 @@ def _init_worker(opts: FitOptions, threads: int, verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     _WORKER["limits"] = threadpool_limits(limits=threads)  # BLAS / OpenMP, held for the worker's life
-    _WORKER["model"] = load_fit_model(opts.model_path, opts.model_landmarks, opts.expression_model)
+    _WORKER["model"], _WORKER["expression"] = load_fit_model(opts.model_path, opts.model_landmarks,
+                                                             opts.expression_model)
 
 
 def _fit_in_worker(job: ScanJob, opts: FitOptions) -> ScanOutcome:
-    return fit_scan(_WORKER["model"], job, opts)
+    return fit_scan(_WORKER["model"], job, opts, _WORKER["expression"])
 
 
 def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progress: Callable[[str, int, int], None],
-              report: Callable[[ScanOutcome], None], verbose: bool = False) -> list[ScanOutcome]:
+              report: Callable[[ScanOutcome], None], verbose: bool = False, expression=None) -> list[ScanOutcome]:
     """Fit every scan; outcomes in the order of ``jobs``. ``report`` sees each outcome as
     it comes (for its note or error line); ``progress(task, done, total)`` the count.
+    ``model`` and ``expression`` (its expression model or None) are :func:`load_fit_model`'s.
 
     n_jobs > 1 fits that many scans at once in worker processes ("spawn": a fork of a
     process whose OpenMP threads have run can hang), each with ``cpus / n_jobs``
@@ -147,7 +154,7 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
         out = []
         for i, job in enumerate(jobs):
             progress("Fitting scans", i, total)
-            out.append(fit_scan(model, job, opts))
+            out.append(fit_scan(model, job, opts, expression))
             report(out[-1])
         progress("Fitting scans", total, total)
         return out

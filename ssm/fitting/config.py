@@ -69,6 +69,13 @@ class FitConfig:
         1.15-2.2 mm, at 1 mm amplitude; faces with much detail outside the
         model reach 1.0-1.7 mm: see :mod:`ssm.fitting.expression_field`); 0 always refits
         (a scan known to show an expression).
+    Expression model (:mod:`ssm.fitting.expression_model`; a model file with an
+    expression basis, given to :func:`ssm.fit` as ``expression_model``)
+      expression_model_gate_mm : fit the expression when a quick probe's expression
+        displacement has a larger RMS over the vertices than this (a Basel-style ICT
+        model: neutral held-out faces 0.33-1.16 mm, mild expressions 1.5-2.0 mm); 0
+        always fits it (a scan known to show one). With an expression model the landmark
+        warp and the generic expression field stand aside.
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
         mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
@@ -107,6 +114,7 @@ class FitConfig:
     warp_basis_taper_mm: float = 50.0
     expression_field_mm: float = 1.0
     expression_field_gate_mm: float = 1.1
+    expression_model_gate_mm: float = 1.35
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
     nicp_iterations: int = 1

@@ -13,6 +13,7 @@ from ssm.device import device_name
 from ssm.errors import InputFileError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
+from ssm.fitting.expression_model import check_expression_model, expression_model_stage
 from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, select_start,
                                    window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
@@ -90,7 +91,7 @@ def _units_name(units_per_mm: float) -> str:
 
 
 def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto", device: str = "auto",
-        config: FitConfig | None = None) -> FitResult:
+        config: FitConfig | None = None, expression_model: ShapeModel | None = None) -> FitResult:
     """Fit ``model`` to a raw scan.
 
     model : a ShapeModel in mm.
@@ -103,10 +104,16 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         fit's time on a CPU), the model fit's basis products and the final smoothing run;
         "auto" takes a CUDA GPU when torch sees one (:func:`ssm.device.device_name`). The rest is
         CPU work (bookkeeping between the searches, small dense solves, a sparse LU).
+    expression_model : an expression basis of the model's mesh
+        (:func:`ssm.io.model_file.load_expression_model`): fitted with the identity when a
+        probe finds the face is not neutral (:mod:`ssm.fitting.expression_model`), in
+        place of the landmark warp and the generic expression field.
     Returns a :class:`FitResult`; raises :class:`SSMError` for unusable input.
     """
     cfg = config or FitConfig()
     t_start = time.perf_counter()
+    if expression_model is not None:
+        check_expression_model(model, expression_model)
     sc = _as_scan(scan)
     lms = _as_landmarks(model, landmarks)
     if lms is not None:
@@ -195,23 +202,33 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         stages.append(rep)
     x_model = model.instance(state.coeffs)
 
-    # 4b: where many landmarks agree that the fit is off (an expression in front of an
-    # identity model), warp it there and refit the model without that region
     warp = WarpOutcome(state, x_model, x_model)
-    if cfg.landmark_warp and lms is not None:
-        warp = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
-        state, x_model = warp.state, warp.x_model
-        if warp.report is not None:
-            stages.append(warp.report)
-
-    # 4c: where the warp found no region, a deformation field over the whole model when a
-    # quick probe shows the identity bending to explain the scan (an expression)
-    if cfg.expression_field_mm > 0 and warp.region is None:
-        fitted, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
+    expression_coeffs = None
+    if expression_model is not None:
+        # 4b-c with an expression model: the face's expression in the model's own basis,
+        # fitted with the identity when a quick probe finds the face is not neutral
+        fitted, rep = expression_model_stage(model, expression_model, sc, state, cfg, lms, lm_mask, fixed_scale,
+                                             occluded)
         if fitted is not None:
-            state, x_model, start = fitted
+            state, x_model, start, expression_coeffs = fitted
             warp = WarpOutcome(state, x_model, start)
         stages.append(rep)
+    else:
+        # 4b: where many landmarks agree that the fit is off (an expression in front of an
+        # identity model), warp it there and refit the model without that region
+        if cfg.landmark_warp and lms is not None:
+            warp = warp_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
+            state, x_model = warp.state, warp.x_model
+            if warp.report is not None:
+                stages.append(warp.report)
+        # 4c: where the warp found no region, a deformation field over the whole model when a
+        # quick probe shows the identity bending to explain the scan (an expression)
+        if cfg.expression_field_mm > 0 and warp.region is None:
+            fitted, rep = expression_field_stage(model, sc, state, cfg, lms, lm_mask, fixed_scale, occluded)
+            if fitted is not None:
+                state, x_model, start = fitted
+                warp = WarpOutcome(state, x_model, start)
+            stages.append(rep)
 
     # 5: non-rigid ICP
     x = warp.start
@@ -265,7 +282,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         units_name, estimated = _units_name(pose.scale), True
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
-                     rejected, units_name, estimated, converged, message, stddev, occluded)
+                     rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

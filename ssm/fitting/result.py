@@ -32,6 +32,9 @@ class FitResult:
     occluded : (N,) bool, vertices where the scan is something other than skin (hair,
         a cap); they follow the model fit (see ``ssm.fitting.occlusion``). None when
         no such region was found.
+    expression_coefficients : (E,) standardised coefficients of the model's expression
+        basis when the fit used one (``ssm.fitting.expression_model``), else None;
+        ``model_fit_model`` is then the identity alone (the neutral face).
     """
 
     vertices: np.ndarray
@@ -50,6 +53,7 @@ class FitResult:
     message: str = ""
     stddev_mm: np.ndarray | None = None
     occluded: np.ndarray | None = None
+    expression_coefficients: np.ndarray | None = None
 
     @property
     def vertex_attributes(self) -> dict:
@@ -78,6 +82,8 @@ class FitResult:
             "scale": self.pose.scale,
             "coefficients": [float(c) for c in self.coefficients],
             "mahalanobis": float(np.linalg.norm(self.coefficients)),
+            "expression_coefficients": None if self.expression_coefficients is None
+            else [float(c) for c in self.expression_coefficients],
             "distance_to_scan_mm": {
                 "mean": float(finite.mean()) if finite.size else None,
                 "median": float(np.median(finite)) if finite.size else None,

@@ -24,6 +24,8 @@ Only numpy and h5py are imported here: loading a model for downstream code stays
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as _dt
 import json
 import os
@@ -136,7 +138,7 @@ def _find_model_root(f: h5py.File, group: str | None) -> str:
     raise KeyError("model")
 
 
-def load_model(path: str | os.PathLike, group: str | None = None, expression: bool = False) -> ShapeModel:
+def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
     """Read a shape model from an HDF5 file.
 
     Reads files written by :func:`save_model` (bit-exact) and statismo-layout files
@@ -145,13 +147,6 @@ def load_model(path: str | os.PathLike, group: str | None = None, expression: bo
     to pick another). Old statismo 0.8 bases (``U sqrt(lambda)``) and non-orthonormal
     bases (e.g. discretised Gaussian processes) are converted to the same distribution
     with an orthonormal basis.
-
-    expression : when the file also holds a Basel-style expression model (``/expression``,
-        as the Basel Face Model 2017 / 2019: a face is ``shape mean + expression mean +
-        shape basis a + expression basis b``), return the two together: the distribution
-        of identity plus independent expression, with one orthonormal basis (the
-        identity and expression coefficients are not told apart), for fitting faces that
-        are not neutral. Without one, or with False, the shape model alone.
 
     Returns a :class:`ShapeModel` (coordinates in the file's units; statismo files carry
     none, so ``mm`` is assumed and recorded in ``provenance``).
@@ -172,10 +167,7 @@ def load_model(path: str | os.PathLike, group: str | None = None, expression: bo
                                  "pass the model's HDF5 group with --group") from None
         base = "" if root == "/" else root
         try:
-            model = _read(f, base, path)
-            if expression and base and root != "/expression" and "expression/model" in f:
-                model = _with_expression(model, f, path)
-            return model
+            return _read(f, base, path)
         except KeyError as exc:
             raise InputFileError(path, f"model file is missing {exc.args[0]}",
                                  "the file is incomplete; re-save the model") from None
@@ -247,27 +239,36 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
                       landmarks=landmarks, regions=regions, units=units, provenance=provenance, **uv_kw)
 
 
-def _with_expression(shape: ShapeModel, f: h5py.File, path: Path) -> ShapeModel:
-    """``shape`` with the file's ``/expression`` model added (independent Gaussians: the
-    means add, the covariances add), re-expressed with one orthonormal basis."""
-    expr = _read(f, "/expression", path)
+def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
+    """The expression model of a Basel-style file (``/expression`` beside ``/shape``, as
+    the Basel Face Model 2017 / 2019 lay them out: a face is ``shape mean + expression
+    mean + shape basis a + expression basis b``), or None when the file has none.
+
+    Returns a :class:`ShapeModel` whose ``mean`` is the expression's offset (N, 3) from
+    the shape model's mean (a file storing a whole face there, as large as the shape's
+    mean, gives its difference from the shape mean), with the expression basis and
+    variances (orthonormalised like any statismo basis) and the shape's triangles.
+    Raises InputFileError when its vertex count differs from the shape model's.
+    """
+    path = Path(path)
+    shape = load_model(path)
+    with h5py.File(path, "r") as f:
+        if "shape/model" not in f or "expression/model" not in f:
+            return None
+        try:
+            expr = _read(f, "/expression", path)
+        except KeyError as exc:
+            raise InputFileError(path, f"the expression model is missing {exc.args[0]}",
+                                 "fit with the shape model alone (--expression-model off)") from None
     if expr.n_vertices != shape.n_vertices:
         raise InputFileError(path, f"the expression model has {expr.n_vertices} vertices but the shape model "
-                                   f"{shape.n_vertices}", "fit with the shape model alone (--no-expression-model)")
+                                   f"{shape.n_vertices}", "fit with the shape model alone (--expression-model off)")
     offset = np.asarray(expr.mean, np.float64)
-    # Basel files store the expression mean as offsets from the shape's; a file storing a
-    # whole face there (as large as the shape's mean) gives its offset from the shape's
-    if np.sqrt((offset ** 2).mean()) > 0.5 * np.sqrt(((shape.mean - shape.mean.mean(0)) ** 2).mean()):
+    centred = np.asarray(shape.mean, np.float64) - np.asarray(shape.mean, np.float64).mean(0)
+    if np.sqrt((offset ** 2).mean()) > 0.5 * np.sqrt((centred ** 2).mean()):  # a whole face, not offsets
         offset = offset - shape.mean
-    basis = np.concatenate([np.asarray(shape.basis, np.float64), np.asarray(expr.basis, np.float64)], 1)
-    variances = np.concatenate([shape.variances, expr.variances]).astype(np.float64)
-    basis, variances = _orthonormalise(basis, variances)
-    provenance = {**shape.provenance, "expression_model": {"components": int(expr.n_components),
-                                                           "identity_components": int(shape.n_components)}}
-    return ShapeModel(mean=np.asarray(shape.mean, np.float64) + offset, basis=basis, variances=variances,
-                      noise_variance=shape.noise_variance + expr.noise_variance, triangles=shape.triangles,
-                      landmarks=shape.landmarks, regions=shape.regions, units=shape.units, provenance=provenance,
-                      uv=shape.uv, triangle_uvs=shape.triangle_uvs)
+    return dataclasses.replace(expr, mean=offset, triangles=shape.triangles, landmarks={},
+                               provenance={**expr.provenance, "expression_of": str(path)})
 
 
 def _statismo_version(f: h5py.File, rep) -> tuple[int, int]:
