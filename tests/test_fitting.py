@@ -110,7 +110,6 @@ def test_coefficient_solve_and_instance_on_a_torch_device_match_numpy(synth_mode
                                    rtol=1e-3, atol=1e-4 * np.abs(ref).max())
 
 
-
 def test_model_fit_stops_at_a_collapsing_pose(synth_model, monkeypatch):
     """A pose update that collapses the scale (a degenerate solve) ends the model fit at
     the last sound iterate, reported as not converged, instead of handing on a model

@@ -241,10 +241,14 @@ def fit(
     device = device_name(device)  # a device that cannot be had fails once, before any scan
     m, expression = load_fit_model(model, model_landmarks, expression_model)
     cfg = FitConfig.preset(preset)
+    gates = {}  # "on": no probe, always fitted
+    if expression_field == "on":
+        gates["expression_field_gate_mm"] = 0.0
+    if expression_model == "on":
+        gates["expression_model_gate_mm"] = 0.0
     cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
                               expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
-                              expression_field_gate_mm=0.0 if expression_field == "on" else cfg.expression_field_gate_mm,
-                              expression_model_gate_mm=0.0 if expression_model == "on" else cfg.expression_model_gate_mm)
+                              **gates)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

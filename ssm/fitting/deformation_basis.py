@@ -209,9 +209,9 @@ def vertex_rms(displacement: np.ndarray) -> float:
 
 
 def refit_augmented(model: ShapeModel, aug: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
-           lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
-           occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int
-           ) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
+                    lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
+                    occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int
+                    ) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
     """One fit of ``aug`` (``model`` with more components, :func:`augmented_model`), from
     the identity and pose of ``state``. Returns the augmented state, the instance with
     the field and the identity's instance (both (N, 3), model frame, mm)."""
@@ -238,8 +238,8 @@ def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfi
     :mod:`ssm.fitting.expression_field` for other expressions.
     """
     _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
-    _, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded, (1.0,),
-                                PROBE_ITERATIONS)
+    _, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
+                                         (1.0,), PROBE_ITERATIONS)
     return vertex_rms(start - identity)
 
 
@@ -270,14 +270,14 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     # level, as in the model fit (no landmarks, expression cases: 1.60 -> 1.48 mm over 10)
     n_lm = 0 if lms is None else int(len(lms) if lm_keep is None else np.count_nonzero(lm_keep))
     iterations = REFIT_ITERATIONS + (1 if n_lm < 3 else 0)
-    aug_state, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                                        REFIT_PRIOR, iterations)
+    aug_state, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale,
+                                                 occluded, REFIT_PRIOR, iterations)
     if relevance_rounds:
         average = _neighbour_average(model, np.asarray(model.mean, np.float64).reshape(-1, 3))
     for _ in range(relevance_rounds):
         weight = relevance(average, start - identity, amplitude_mm)
         aug = augmented_model(model, fields * weight[:, None], amplitude_mm)
-        aug_state, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                                            REFIT_PRIOR, iterations)
+        aug_state, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale,
+                                                     occluded, REFIT_PRIOR, iterations)
     return (dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components]), start,
             3 * fields.shape[1])

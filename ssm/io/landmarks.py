@@ -373,4 +373,3 @@ def _template_landmarks(path: str | os.PathLike, template_vertices: np.ndarray
             out[name] = int(np.argmin(d2))
             dist.append(float(np.sqrt(d2[out[name]])))
     return out, np.array(dist)
-

@@ -25,7 +25,6 @@ Only numpy and h5py are imported here: loading a model for downstream code stays
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as _dt
 import json
 import os
@@ -185,13 +184,7 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
         raise InputFileError(path, f"inconsistent model sizes (mean {mean.shape}, basis {basis.shape}, "
                                    f"variance {variances.shape})", "the file is not a 3D shape model")
     rep = f.get(f"{base}/representer")
-    triangles = None
-    if rep is not None and "cells" in rep:
-        cells = np.asarray(rep["cells"][()])
-        if cells.ndim == 2 and cells.shape[0] == 3:
-            triangles = cells.T.astype(np.int32)
-        elif cells.ndim == 2 and cells.shape[1] == 3:
-            triangles = cells.astype(np.int32)
+    triangles = _triangles(rep)
     provenance: dict = {"source_file": str(path)}
     units = "mm"
     landmarks: dict[str, int] = {}
@@ -251,24 +244,42 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     Raises InputFileError when its vertex count differs from the shape model's.
     """
     path = Path(path)
-    shape = load_model(path)
+    if not path.exists():
+        raise InputFileError(path, "no such model file", "check the path")
     with h5py.File(path, "r") as f:
         if "shape/model" not in f or "expression/model" not in f:
             return None
         try:
+            shape_mean = np.asarray(f["shape/model/mean"][()], np.float64).reshape(-1, 3)
             expr = _read(f, "/expression", path)
+            triangles = _triangles(f.get("shape/representer"))
+            if triangles is None:
+                triangles = expr.triangles
         except KeyError as exc:
             raise InputFileError(path, f"the expression model is missing {exc.args[0]}",
                                  "fit with the shape model alone (--expression-model off)") from None
-    if expr.n_vertices != shape.n_vertices:
+    if expr.n_vertices != len(shape_mean):
         raise InputFileError(path, f"the expression model has {expr.n_vertices} vertices but the shape model "
-                                   f"{shape.n_vertices}", "fit with the shape model alone (--expression-model off)")
+                                   f"{len(shape_mean)}", "fit with the shape model alone (--expression-model off)")
     offset = np.asarray(expr.mean, np.float64)
-    centred = np.asarray(shape.mean, np.float64) - np.asarray(shape.mean, np.float64).mean(0)
+    centred = shape_mean - shape_mean.mean(0)
     if np.sqrt((offset ** 2).mean()) > 0.5 * np.sqrt((centred ** 2).mean()):  # a whole face, not offsets
-        offset = offset - shape.mean
-    return dataclasses.replace(expr, mean=offset, triangles=shape.triangles, landmarks={},
+        offset = offset - shape_mean
+    return dataclasses.replace(expr, mean=offset, triangles=triangles, landmarks={},
                                provenance={**expr.provenance, "expression_of": str(path)})
+
+
+def _triangles(rep) -> np.ndarray | None:
+    """(M, 3) int32 triangles of a statismo representer group's ``cells`` ((3, M) or
+    (M, 3)), or None."""
+    if rep is None or "cells" not in rep:
+        return None
+    cells = np.asarray(rep["cells"][()])
+    if cells.ndim == 2 and cells.shape[0] == 3:
+        return cells.T.astype(np.int32)
+    if cells.ndim == 2 and cells.shape[1] == 3:
+        return cells.astype(np.int32)
+    return None
 
 
 def _statismo_version(f: h5py.File, rep) -> tuple[int, int]:
