@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ShapeModel": ("ssm.models.shape_model", "ShapeModel"),
     "load_model": ("ssm.io.model_file", "load_model"),
+    "load_expression_model": ("ssm.io.model_file", "load_expression_model"),
     "save_model": ("ssm.io.model_file", "save_model"),
     "SSMError": ("ssm.errors", "SSMError"),
     "ModelTrainer": ("ssm.training.trainer", "ModelTrainer"),
