@@ -55,7 +55,8 @@ def expression_augmented(model: ShapeModel, expression: ShapeModel) -> ShapeMode
     phi.setflags(write=False)
     n = phi.shape[0]
     out = ShapeModel(np.asarray(model.mean, np.float64) + np.asarray(expression.mean, np.float64),
-                     phi.reshape(3 * n, -1), np.ones(phi.shape[2]), triangles=model.triangles,
+                     phi.reshape(3 * n, -1), np.ones(phi.shape[2]),
+                     noise_variance=model.noise_variance + expression.noise_variance, triangles=model.triangles,
                      landmarks=model.landmarks, units=model.units)
     object.__setattr__(out, "_scaled_basis_f32", phi)  # what scaled_basis reads: no float64 copy
     object.__setattr__(model, "_expression_augmented", (expression, out))

@@ -13,7 +13,7 @@ from ssm.device import device_name
 from ssm.errors import InputFileError
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
-from ssm.fitting.expression_model import check_expression_model, expression_model_stage
+from ssm.fitting.expression_model import check_expression_model, expression_augmented, expression_model_stage
 from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, select_start,
                                    window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
@@ -241,7 +241,11 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     pose, rep, final_corr = refine_pose(model, sc, state.pose, x, cfg, fixed_scale)
     stages.append(rep)
     t0 = time.perf_counter()
-    stddev = fit_stddev(model, final_corr, pose, x_model, x, cfg.uncertainty_correlation)
+    if expression_coeffs is not None:  # the posterior of identity and expression, around their fit
+        stddev = fit_stddev(expression_augmented(model, expression_model), final_corr, pose, warp.start, x,
+                            cfg.uncertainty_correlation)
+    else:
+        stddev = fit_stddev(model, final_corr, pose, x_model, x, cfg.uncertainty_correlation)
     if warp.variance is not None:  # where the model does not hold, the landmarks' GP says how well
         stddev = np.sqrt(stddev ** 2 + warp.variance)
     stages.append(StageReport("uncertainty", time.perf_counter() - t0, float("nan"), float("nan"),
