@@ -28,6 +28,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -168,7 +169,7 @@ def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
         try:
             return _read(f, base, path)
         except KeyError as exc:
-            raise InputFileError(path, f"model file is missing {exc.args[0]}",
+            raise InputFileError(path, f"model file is missing {_missing(exc)}",
                                  "the file is incomplete; re-save the model") from None
 
 
@@ -256,7 +257,7 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
             if triangles is None:
                 triangles = expr.triangles
         except KeyError as exc:
-            raise InputFileError(path, f"the expression model is missing {exc.args[0]}",
+            raise InputFileError(path, f"the expression model is missing {_missing(exc)}",
                                  "fit with the shape model alone (--expression-model off)") from None
     if expr.n_vertices != len(shape_mean):
         raise InputFileError(path, f"the expression model has {expr.n_vertices} vertices but the shape model "
@@ -267,6 +268,13 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
         offset = offset - shape_mean
     return dataclasses.replace(expr, mean=offset, triangles=triangles, landmarks={},
                                provenance={**expr.provenance, "expression_of": str(path)})
+
+
+def _missing(exc: KeyError) -> str:
+    """The name of what a KeyError from h5py says is missing (its message is long)."""
+    text = str(exc.args[0]) if exc.args else ""
+    m = re.search(r"object '([^']+)'", text)
+    return repr(m.group(1)) if m else text
 
 
 def _triangles(rep) -> np.ndarray | None:
