@@ -44,6 +44,17 @@ def test_import_train_evaluate_via_cli(tmp_path, generator):
                               "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["generalisation_mode"] == "2-fold"
+    res = runner.invoke(app, ["info", str(model), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    from ssm.io.model_file import load_model
+
+    m = load_model(model)
+    assert info["components"] == m.n_components and info["vertices"] == m.n_vertices
+    assert info["landmarks"] == dict(m.landmarks) and info["expression_components"] is None
+    np.testing.assert_allclose(info["all_components_rms"] ** 2 * m.n_vertices, m.variances.sum(), rtol=1e-9)
+    res = runner.invoke(app, ["info", str(model)])
+    assert res.exit_code == 0 and f"components  {m.n_components}" in res.output, res.output
 
 
 def test_cli_errors_are_one_line_with_exit_code(tmp_path):
@@ -67,5 +78,5 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path):
 def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("corpus", "train", "evaluate", "demo"):
+    for cmd in ("corpus", "train", "evaluate", "fit", "fuse", "info", "demo"):
         assert cmd in out.stdout

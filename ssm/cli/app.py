@@ -82,6 +82,51 @@ def corpus_info(corpus: Path = typer.Argument(..., help="Corpus file."),
 
 
 @app.command()
+def info(model: Path = typer.Argument(..., help="Model file (.h5): ours, statismo / scalismo, or Basel-style."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Summarise a model file: vertices, components, variance, units, landmarks, UVs, expressions."""
+    from ssm.io.model_file import load_expression_model, load_model
+
+    m = load_model(model)
+    e = load_expression_model(model)
+    var = np.asarray(m.variances, np.float64)
+    total = float(var.sum())
+    summary = {
+        "path": str(model), "vertices": m.n_vertices, "triangles": 0 if m.triangles is None else len(m.triangles),
+        "components": m.n_components, "units": m.units, "total_variance": total,
+        "components_for_95_percent": int(np.searchsorted(np.cumsum(var) / total, 0.95) + 1) if total > 0 else 0,
+        # at one standard deviation: the RMS over the vertices of the first component's move, and of all
+        "first_component_rms": float(np.sqrt(var[0] / m.n_vertices)) if len(var) else 0.0,
+        "all_components_rms": float(np.sqrt(total / m.n_vertices)), "noise_variance": float(m.noise_variance),
+        "landmarks": dict(m.landmarks), "regions": {k: int(len(v)) for k, v in m.regions.items()},
+        "uv": m.uv is not None, "expression_components": None if e is None else e.n_components,
+        "provenance": dict(m.provenance),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    con = _console()
+    u = m.units
+    con.print(f"[bold]{model}[/bold]")
+    con.print(f"  vertices    {summary['vertices']}   triangles {summary['triangles']}   units {u}"
+              + (" (assumed: the file gives none)" if "units_assumed" in m.provenance else ""))
+    con.print(f"  components  {m.n_components}   ({summary['components_for_95_percent']} for 95 % of the variance; "
+              f"at one sd the first moves the vertices {summary['first_component_rms']:.3g} {u} RMS, all "
+              f"{summary['all_components_rms']:.3g} {u})")
+    names = list(m.landmarks)
+    con.print(f"  landmarks   {len(names)}" + (f": {', '.join(names[:10])}" + (" ..." if len(names) > 10 else "")
+                                               if names else " (name them for 'ssm fit' with --model-landmarks)"))
+    if m.regions:
+        con.print(f"  regions     {', '.join(f'{k} ({n})' for k, n in summary['regions'].items())}")
+    con.print(f"  UV layout   {'yes' if m.uv is not None else 'no'}")
+    if e is not None:
+        con.print(f"  expressions {e.n_components} components (Basel-style /expression; 'ssm fit' uses them)")
+    source = m.provenance.get("builder") or m.provenance.get("method") or m.provenance.get("source_file")
+    if source:
+        con.print(f"  built by    {source}")
+
+
+@app.command()
 def train(
     corpus: Path = typer.Argument(..., help="Corpus file (.h5) from 'ssm corpus import'."),
     out: Path = typer.Option(Path("models/model.h5"), "--out", "-o", help="Model file to write."),
