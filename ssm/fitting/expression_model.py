@@ -27,8 +27,8 @@ import numpy as np
 
 from ssm.errors import SSMError
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import PROBE_ITERATIONS, REFIT_ITERATIONS, REFIT_PRIOR, refit_augmented, \
-    vertex_rms
+from ssm.fitting.deformation_basis import (PROBE_ITERATIONS, REFIT_ITERATIONS, REFIT_PRIOR, refit_augmented,
+                                           vertex_rms)
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState, basis_instance, scaled_basis
 from ssm.fitting.scan import Scan
@@ -82,6 +82,7 @@ def expression_model_stage(model: ShapeModel, expression: ShapeModel, scan: Scan
     k = model.n_components
     psi = scaled_basis(expression)
     n_lm = 0 if lms is None else int(len(lms) if lm_mask is None else np.count_nonzero(lm_mask))
+    iterations = REFIT_ITERATIONS + (1 if n_lm < 3 else 0)  # as the field's refit: nothing pins the slide
 
     def expression_rms(coeffs: np.ndarray) -> float:  # the expression's own displacement, offset aside
         return vertex_rms(basis_instance(expression, psi, coeffs[k:], expression.n_components)
@@ -99,7 +100,7 @@ def expression_model_stage(model: ShapeModel, expression: ShapeModel, scan: Scan
     fitted = None
     if applied:
         aug_state, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_mask, fixed_scale,
-                                                     occluded, REFIT_PRIOR, REFIT_ITERATIONS + (n_lm < 3))
+                                                     occluded, REFIT_PRIOR, iterations)
         b = np.asarray(aug_state.coeffs[k:], np.float64)
         state = dataclasses.replace(aug_state, coeffs=np.asarray(aug_state.coeffs[:k]))
         fitted = (state, identity, start, b)
