@@ -721,6 +721,20 @@ def test_basel_style_model_with_expressions(tmp_path):
     assert d_auto["expression_model"] == {"components": 53, "mode": "auto"}
     assert len(d_auto["expression_coefficients"]) == 53 and len(d_auto["coefficients"]) == 100
     assert d_off["expression_coefficients"] is None and "expression_model" not in d_off
+    # the subject without the expression, against the true neutral face (truth frame)
+    from ssm.demo.ict_cases import HELDOUT_EXPRESSION, expression_offsets
+
+    pose = np.array(d_auto["pose_model_to_scan"])
+    neutral_fit = np.asarray(trimesh.load(tmp_path / "expr_auto" / "fit_neutral_model_frame.ply",
+                                          process=False).vertices)
+    to_truth = expr.scan.to_scan.inverse()
+    neutral_truth = expr.truth - expression_offsets(ict, HELDOUT_EXPRESSION)
+    nf = ict.narrow_face
+    e_neutral = np.linalg.norm(to_truth.apply(neutral_fit @ pose[:3, :3].T + pose[:3, 3]) - neutral_truth,
+                               axis=1)[:nf].mean()
+    e_as_is = np.linalg.norm(expr.truth - neutral_truth, axis=1)[:nf].mean()  # the expression's own size
+    assert e_neutral < 0.4 * e_as_is, (e_neutral, e_as_is)  # 1.07 against 2.97 mm
+    assert not (tmp_path / "expr_off" / "fit_neutral_model_frame.ply").exists()
     neutral = heldout_case(ict, 0, views="frontal", landmarks="68")
     e_auto, d_auto = run(neutral, "auto")
     stage = next(st for st in d_auto["stages"] if st["name"] == "expression_model")

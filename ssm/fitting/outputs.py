@@ -14,7 +14,8 @@ from ssm.io.meshes import write_mesh
 
 def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None) -> dict[str, Path]:
     """Write ``fit.ply`` (scan frame and units, per-vertex ``distance_mm``, ``stddev_mm``),
-    ``fit_model_frame.ply`` (model frame, mm), ``fit.json`` and ``report.png``.
+    ``fit_model_frame.ply`` (model frame, mm), ``fit.json`` and ``report.png``; with a
+    fitted expression (an expression model), ``fit_neutral_model_frame.ply`` too.
 
     scan : the :class:`~ssm.fitting.scan.Scan` (for the picture), optional.
     info : extra JSON fields (input paths, ...).
@@ -26,6 +27,8 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
         "fit": write_mesh(out / "fit.ply", result.vertices, result.triangles, attrs),
         "fit_model_frame": write_mesh(out / "fit_model_frame.ply", result.vertices_model, result.triangles, attrs),
     }
+    if result.neutral_model is not None:  # an expression model's expression was fitted: the face without it
+        files["fit_neutral"] = write_mesh(out / "fit_neutral_model_frame.ply", result.neutral_model, result.triangles)
     summary = result.summary()
     summary.update(info or {})
     with atomic_write(out / "fit.json") as tmp:

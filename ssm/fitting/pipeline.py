@@ -260,6 +260,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         stages.append(StageReport("smoothing", time.perf_counter() - t0, float("nan"), float("nan"), 0,
                                   extra={"iterations": cfg.smooth_iterations}))
     verts_scan = pose.apply(x)
+    # the subject without the expression: the identity with the detail NICP added to the fit
+    neutral = None if expression_coeffs is None else x_model + (x - warp.start)
     dist = distance_to_scan(verts_scan, sc) / pose.scale
     lm_err = {}
     if lms is not None:
@@ -286,7 +288,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         units_name, estimated = _units_name(pose.scale), True
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
-                     rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs)
+                     rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs,
+                     neutral)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

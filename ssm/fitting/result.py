@@ -35,6 +35,8 @@ class FitResult:
     expression_coefficients : (E,) standardised coefficients of the model's expression
         basis when the fit used one (``ssm.fitting.expression_model``), else None;
         ``model_fit_model`` is then the identity alone (the neutral face).
+    neutral_model : (N, 3) model frame, mm, the subject without that expression (the
+        identity plus the detail non-rigid ICP added), or None.
     """
 
     vertices: np.ndarray
@@ -54,6 +56,7 @@ class FitResult:
     stddev_mm: np.ndarray | None = None
     occluded: np.ndarray | None = None
     expression_coefficients: np.ndarray | None = None
+    neutral_model: np.ndarray | None = None
 
     @property
     def vertex_attributes(self) -> dict:
