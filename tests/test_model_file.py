@@ -126,6 +126,11 @@ def test_basel_expression_model_is_read_beside_the_shape_model(tmp_path):
     np.testing.assert_allclose(load_expression_model(p).mean, e_mean, atol=1e-5)
     save_model(m, tmp_path / "ours.h5")
     assert load_expression_model(tmp_path / "ours.h5") is None
+    save_model(m, tmp_path / "ours_x.h5", expression=e)  # ours, with the expression model beside it
+    back = load_expression_model(tmp_path / "ours_x.h5")
+    np.testing.assert_allclose(back.mean, e.mean, atol=1e-6)
+    np.testing.assert_allclose((back.basis * back.variances) @ back.basis.T, cov, atol=1e-5 * np.abs(cov).max())
+    assert load_model(tmp_path / "ours_x.h5").n_components == 4
     with h5py.File(p, "a") as f:  # an expression model of another mesh
         del f["expression"]
         _write_statismo_group(f, "expression", np.zeros((12, 3)), rng.normal(size=(36, 2)), np.ones(2),

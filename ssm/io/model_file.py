@@ -48,13 +48,19 @@ def _fixed_str_array(s: str) -> np.ndarray:
     return np.array([b], dtype=f"S{max(len(b), 1) + 1}")
 
 
-def save_model(model: ShapeModel, path: str | os.PathLike) -> Path:
+def save_model(model: ShapeModel, path: str | os.PathLike, expression: ShapeModel | None = None) -> Path:
     """Write ``model`` to ``path`` (HDF5, statismo layout + ``/ssm``), atomically.
 
     The statismo datasets are float32 so scalismo and statismo read them; a float64
     model also gets exact float64 copies under ``/ssm/exact`` that :func:`load_model`
     prefers, so save -> load is bit-exact.
+
+    expression : an expression model of the same mesh (its ``mean`` the offsets from
+        ``model``'s), written as a Basel-style ``/expression`` group that
+        :func:`load_expression_model` reads and ``ssm fit`` uses (float32).
     """
+    if expression is not None and expression.n_vertices != model.n_vertices:
+        raise ValueError(f"the expression model has {expression.n_vertices} vertices, the model {model.n_vertices}")
     path = Path(path)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with atomic_write(path) as tmp:
@@ -111,6 +117,15 @@ def save_model(model: ShapeModel, path: str | os.PathLike) -> Path:
                 e["basis"] = model.basis.astype(np.float64)
                 e["variances"] = model.variances.astype(np.float64)
                 e.attrs["noise_variance"] = float(model.noise_variance)
+            if expression is not None:  # Basel-style, beside the shape model
+                x = f.create_group("expression")
+                x["model/mean"] = np.asarray(expression.mean).reshape(-1).astype(np.float32)
+                x["model/pcaBasis"] = np.asarray(expression.basis).astype(np.float32)
+                x["model/pcaVariance"] = np.asarray(expression.variances).astype(np.float32)
+                x["model/noiseVariance"] = np.array([expression.noise_variance], dtype=np.float32)
+                x["representer/points"] = model.mean.T.astype(np.float32)
+                if model.triangles is not None:
+                    x["representer/cells"] = model.triangles.T.astype(np.int32)
     return path
 
 
@@ -236,7 +251,8 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
 def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     """The expression model of a Basel-style file (``/expression`` beside ``/shape``, as
     the Basel Face Model 2017 / 2019 lay them out: a face is ``shape mean + expression
-    mean + shape basis a + expression basis b``), or None when the file has none.
+    mean + shape basis a + expression basis b``; or beside our ``/model``, as
+    :func:`save_model` writes it), or None when the file has none.
 
     Returns a :class:`ShapeModel` whose ``mean`` is the expression's offset (N, 3) from
     the shape model's mean (a file storing a whole face there, as large as the shape's
@@ -248,12 +264,17 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     if not path.exists():
         raise InputFileError(path, "no such model file", "check the path")
     with h5py.File(path, "r") as f:
-        if "shape/model" not in f or "expression/model" not in f:
+        try:
+            root = _find_model_root(f, None)
+        except KeyError:
+            return None
+        base = "" if root == "/" else root
+        if "expression/model" not in f or base == "/expression":
             return None
         try:
-            shape_mean = np.asarray(f["shape/model/mean"][()], np.float64).reshape(-1, 3)
+            shape_mean = np.asarray(f[f"{base}/model/mean"][()], np.float64).reshape(-1, 3)
             expr = _read(f, "/expression", path)
-            triangles = _triangles(f.get("shape/representer"))
+            triangles = _triangles(f.get(f"{base}/representer"))
             if triangles is None:
                 triangles = expr.triangles
         except KeyError as exc:
