@@ -27,7 +27,8 @@ user with expression data gets on the expression case, and what it costs on neut
 and the frontal cases (68, 7, no landmarks) with the identity model plus a separate
 expression model, as a Basel-style file holds one (``/expression``: ICT's 53 blendshapes,
 weights of standard deviation 0.3; ``ssm, + expression model``), fitted only when the
-probe finds an expression.
+probe finds an expression; and the same with an expression model trained from paired
+scans as ``ssm train --expressions`` does (``ssm, + trained expression model``).
 
     python benchmarks/bench_fitting.py [--seeds 4] [--no-baselines] [--out ...]
 """
@@ -150,6 +151,41 @@ def basel_expression_rows(ict, model, seeds: int) -> list[dict]:
                              "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
                              "converged": res.converged, "scan_vertices": len(case.scan.vertices),
                              "probe_rms_mm": stage.extra["probe_rms_mm"], "applied": stage.extra["applied"]})
+    return rows
+
+
+def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
+    """The frontal cases with 68, 7 and no landmarks, neutral and with the held-out
+    expression, fitted with ``model`` and an expression model trained as
+    ``ssm train neutral.h5 --expressions expressions.h5`` does: the 300 training identities
+    once more with a random expression each (never the held-out one), every expression
+    scan moved by its own rigid motion (5 degrees, 10 mm), paired by id."""
+    from scipy.spatial.transform import Rotation
+
+    from ssm.demo.ict_cases import heldout_case, subjects, with_expressions
+    from ssm.fitting.pipeline import fit
+    from ssm.training.expressions import pair_expressions, train_expression_model
+
+    neutral = subjects(ict, 300, seed=1)  # the identity model's corpus (train_model)
+    rng = np.random.default_rng(7)
+    moved = [x @ Rotation.from_rotvec(np.deg2rad(5.0) * rng.normal(size=3) / np.sqrt(3)).as_matrix().T
+             + rng.normal(0, 10.0, 3) for x in with_expressions(ict, neutral, seed=5)]
+    ids = [f"s{i:03d}" for i in range(len(neutral))]
+    pairs = pair_expressions(ids, [i + "_expression" for i in ids])
+    expression = train_expression_model(model, neutral, np.array(moved), pairs)
+    rows = []
+    for lmk in ("68", "7", "none"):
+        for expr in (False, True):
+            for seed in range(seeds):
+                case = heldout_case(ict, seed, views="frontal", landmarks=lmk, expression=expr, units="mm")
+                t = time.perf_counter()
+                res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
+                          expression_model=expression)
+                rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
+                             "method": "ssm, + trained expression model", "seconds": time.perf_counter() - t,
+                             "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
+                             "converged": res.converged, "scan_vertices": len(case.scan.vertices),
+                             "expression_components": expression.n_components})
     return rows
 
 
@@ -308,6 +344,7 @@ def main() -> None:
     rows += expression_field_rows(ict, model, args.seeds)
     rows += expression_model_rows(ict, args.seeds)
     rows += basel_expression_rows(ict, model, args.seeds)
+    rows += trained_expression_rows(ict, model, args.seeds)
     # table
     print(f"\nFitting, narrow-face correspondence error (mm) and time (s); model {model.n_components} components")
     print(f"{'case':<24} {'method':<28} {'error mm':>9} {'seconds':>8} {'scan verts':>10}")

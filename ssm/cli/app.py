@@ -135,6 +135,11 @@ def train(
     align: str = typer.Option("similarity", help="Procrustes: similarity | rigid | none."),
     align_weights: Optional[str] = typer.Option(None, help="landmarks | region:NAME (default uniform)."),
     prune: float = typer.Option(0.0, help="Fraction of outlying subjects to drop (Mahalanobis), e.g. 0.05."),
+    expressions: Optional[Path] = typer.Option(None, help="Corpus of expression scans of the same subjects "
+                                                          "(ids '<neutral id>_<expression>'): also train an "
+                                                          "expression model, saved beside the identity's."),
+    expression_components: Optional[int] = typer.Option(None, help="Components of the expression model "
+                                                                    "(default: 99.9 % of its variance)."),
     pca: str = typer.Option("auto", help="auto | exact | streamed (randomized SVD over chunks)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Seed of the randomized SVD."),
@@ -155,15 +160,39 @@ def train(
         trainer = ModelTrainer(k, align=align, align_weights=align_weights, prune=prune, pca=pca,
                                device=device, seed=seed, progress=bar).fit(corpus)
     model = trainer.model_
-    save_model(model, out)
+    expression = None
+    if expressions is not None:
+        expression = _train_expressions(model, corpus, expressions, expression_components)
+    save_model(model, out, expression=expression)
     frac = model.variance_fraction()
     con = _console()
     con.print(f"wrote {out}: {model.n_components} components from {model.provenance['n_subjects']} subjects, "
               f"{frac[-1] * 100:.2f}% of variance, {model.provenance['pca_method']} PCA on "
               f"{model.provenance['device']}, {model.provenance['train_seconds']:.1f} s")
+    if expression is not None:
+        con.print(f"  and an expression model: {expression.n_components} components from "
+                  f"{expression.provenance['n_expression_scans']} expression scans of "
+                  f"{expression.provenance['n_subjects']} subjects")
     if trainer.pruned_:
         con.print(f"pruned {len(trainer.pruned_)}: " + ", ".join(p.subject_id for p in trainer.pruned_[:10])
                   + (" ..." if len(trainer.pruned_) > 10 else ""))
+
+
+def _train_expressions(model, neutral_path: Path, expressions_path: Path, n_components: int | None):
+    """The expression model from a corpus of expression scans paired with the neutral corpus."""
+    from ssm.io.corpus import Corpus
+    from ssm.training.expressions import pair_expressions, train_expression_model
+
+    with Corpus(neutral_path) as n, Corpus(expressions_path) as e:
+        if e.n_vertices != n.n_vertices:
+            raise SSMError(f"{expressions_path}: {e.n_vertices} vertices per scan but the neutral corpus has "
+                           f"{n.n_vertices} (register the expression scans to the same template)")
+        pairs = pair_expressions(n.ids, e.ids)
+        used = sorted({i for _, i in pairs})
+        neutral = np.full((n.n_subjects, n.n_vertices, 3), np.nan)
+        neutral[used] = n.read(np.array(used))
+        return train_expression_model(model, neutral, e.read(), pairs,
+                                      0.999 if n_components is None else n_components)
 
 
 @app.command()
