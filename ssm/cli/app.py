@@ -188,10 +188,9 @@ def _train_expressions(model, neutral_path: Path, expressions_path: Path, n_comp
             raise SSMError(f"{expressions_path}: {e.n_vertices} vertices per scan but the neutral corpus has "
                            f"{n.n_vertices} (register the expression scans to the same template)")
         pairs = pair_expressions(n.ids, e.ids)
-        used = sorted({i for _, i in pairs})
-        neutral = np.full((n.n_subjects, n.n_vertices, 3), np.nan)
-        neutral[used] = n.read(np.array(used))
-        return train_expression_model(model, neutral, e.read(), pairs,
+        used = sorted({i for _, i in pairs})  # only the neutral scans that have expressions are read
+        row = {i: r for r, i in enumerate(used)}
+        return train_expression_model(model, n.read(np.array(used)), e.read(), [(j, row[i]) for j, i in pairs],
                                       0.999 if n_components is None else n_components)
 
 

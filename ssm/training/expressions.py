@@ -6,8 +6,9 @@ identity basis a + expression basis b``): saved beside the identity model with
 ``save_model(model, path, expression=...)``, it lets ``ssm fit`` fit a face's
 expression apart from its identity (:mod:`ssm.fitting.expression_model`).
 
-Pairing: an expression scan belongs to the neutral scan whose subject id is the longest
-prefix of its own (``s012`` for ``s012_smile`` or ``s012/jaw_open``). Each neutral is
+Pairing: an expression scan belongs to the neutral scan whose subject id starts its own,
+followed by a separator (``s012`` for ``s012_smile`` or ``s012/jaw_open``, not for
+``s0120``), or is its own (the longest such id). Each neutral is
 placed on the identity model's mean by a similarity, and the same transform takes its
 expression scan along; a robust rigid alignment of the expression onto the neutral then
 takes out the head's own motion between the two scans (its weights fall where the
