@@ -139,6 +139,17 @@ def _read_str(obj) -> str:
     return str(v)
 
 
+def _open_model_file(path: Path) -> h5py.File:
+    """``path`` opened for reading, or InputFileError when it is missing or not HDF5."""
+    if not path.exists():
+        raise InputFileError(path, "no such model file", "check the path")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(path, "not a readable HDF5 model file",
+                             "is it truncated or another format? re-save or re-train it") from exc
+
+
 def _find_model_root(f: h5py.File, group: str | None) -> str:
     if group is not None:
         root = "/" + group.strip("/")
@@ -167,14 +178,7 @@ def load_model(path: str | os.PathLike, group: str | None = None) -> ShapeModel:
     none, so ``mm`` is assumed and recorded in ``provenance``).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "no such model file", "check the path")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(path, "not a readable HDF5 model file",
-                             "is it truncated or another format? re-save or re-train it") from exc
-    with f:
+    with _open_model_file(path) as f:
         try:
             root = _find_model_root(f, group)
         except KeyError:
@@ -261,9 +265,7 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     Raises InputFileError when its vertex count differs from the shape model's.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "no such model file", "check the path")
-    with h5py.File(path, "r") as f:
+    with _open_model_file(path) as f:
         try:
             root = _find_model_root(f, None)
         except KeyError:
