@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 
 from ssm.fitting.config import FitConfig
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, scaled_basis
+from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, model_of_scaled_basis, scaled_basis
 from ssm.fitting.scan import Scan
 from ssm.geometry.mesh_ops import vertex_adjacency
 from ssm.geometry.mesh_spectrum import Harmonics, low_harmonics
@@ -147,11 +147,7 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float) 
     aug[:, :, :k] = phi
     for axis in range(3):
         aug[:, axis, k + axis * m:k + (axis + 1) * m] = amplitude_mm * fields
-    aug.setflags(write=False)
-    out = ShapeModel(model.mean, aug.reshape(3 * n, -1), np.ones(k + 3 * m), triangles=model.triangles,
-                     landmarks=model.landmarks, units=model.units)
-    object.__setattr__(out, "_scaled_basis_f32", aug)  # the cache scaled_basis reads: no float64 copy
-    return out
+    return model_of_scaled_basis(model.mean, aug, model)
 
 
 def _neighbour_average(model: ShapeModel, vertices: np.ndarray) -> sp.csr_matrix:

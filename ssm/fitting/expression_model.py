@@ -30,7 +30,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.deformation_basis import (PROBE_ITERATIONS, REFIT_ITERATIONS, REFIT_PRIOR, refit_augmented,
                                            vertex_rms)
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, basis_instance, scaled_basis
+from ssm.fitting.model_fit import ModelFitState, basis_instance, model_of_scaled_basis, scaled_basis
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.models.shape_model import ShapeModel
@@ -54,13 +54,8 @@ def expression_augmented(model: ShapeModel, expression: ShapeModel) -> ShapeMode
         return cache[1]
     check_expression_model(model, expression)
     phi = np.concatenate([scaled_basis(model), scaled_basis(expression)], 2)  # (N, 3, K + E) float32
-    phi.setflags(write=False)
-    n = phi.shape[0]
-    out = ShapeModel(np.asarray(model.mean, np.float64) + np.asarray(expression.mean, np.float64),
-                     phi.reshape(3 * n, -1), np.ones(phi.shape[2]),
-                     noise_variance=model.noise_variance + expression.noise_variance, triangles=model.triangles,
-                     landmarks=model.landmarks, units=model.units)
-    object.__setattr__(out, "_scaled_basis_f32", phi)  # what scaled_basis reads: no float64 copy
+    out = model_of_scaled_basis(np.asarray(model.mean, np.float64) + np.asarray(expression.mean, np.float64),
+                                phi, model, model.noise_variance + expression.noise_variance)
     object.__setattr__(model, "_expression_augmented", (expression, out))
     return out
 

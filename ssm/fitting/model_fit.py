@@ -57,6 +57,21 @@ def scaled_basis(model: ShapeModel) -> np.ndarray:
     return phi
 
 
+def model_of_scaled_basis(mean: np.ndarray, phi: np.ndarray, like: ShapeModel,
+                          noise_variance: float = 0.0) -> ShapeModel:
+    """A model to fit with, from its float32 scaled basis ``phi`` (N, 3, K; variances 1)
+    and ``mean`` (N, 3), with ``like``'s mesh, landmarks and units. ``phi`` is kept as the
+    cache :func:`scaled_basis` reads (no float64 copy of a large basis); the basis is not
+    orthonormal, so it is for fitting (the augmented models of the deformation field and
+    of an expression model), not for the model's own statistics."""
+    phi.setflags(write=False)
+    n = phi.shape[0]
+    out = ShapeModel(mean, phi.reshape(3 * n, -1), np.ones(phi.shape[2]), noise_variance=noise_variance,
+                     triangles=like.triangles, landmarks=like.landmarks, units=like.units)
+    object.__setattr__(out, "_scaled_basis_f32", phi)
+    return out
+
+
 def device_basis(model: ShapeModel, device):
     """:func:`scaled_basis` as a float32 torch tensor (N, 3, K) on ``device``, uploaded
     once per model and device (a cache, like the basis itself); None on the CPU, where
