@@ -116,8 +116,6 @@ def basel_expression_rows(ict, model, seeds: int) -> list[dict]:
     frame, as offsets with weights of standard deviation 0.3), as ``ssm fit`` does."""
     import h5py
 
-    from ssm.demo.ict_cases import heldout_case
-    from ssm.fitting.pipeline import fit
     from ssm.geometry.similarity import fit_similarity
     from ssm.io.model_file import load_expression_model
 
@@ -137,21 +135,7 @@ def basel_expression_rows(ict, model, seeds: int) -> list[dict]:
                 f[f"{name}/representer/points"] = np.asarray(model.mean, np.float32).T
                 f[f"{name}/representer/cells"] = model.triangles.T.astype(np.int32)
         expression = load_expression_model(path)
-    rows = []
-    for lmk in ("68", "7", "none"):
-        for expr in (False, True):
-            for seed in range(seeds):
-                case = heldout_case(ict, seed, views="frontal", landmarks=lmk, expression=expr, units="mm")
-                t = time.perf_counter()
-                res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
-                          expression_model=expression)
-                stage = next(st for st in res.stages if st.name == "expression_model")
-                rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
-                             "method": "ssm, + expression model", "seconds": time.perf_counter() - t,
-                             "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
-                             "converged": res.converged, "scan_vertices": len(case.scan.vertices),
-                             "probe_rms_mm": stage.extra["probe_rms_mm"], "applied": stage.extra["applied"]})
-    return rows
+    return fits_with_expression_model(ict, model, expression, seeds, "ssm, + expression model")
 
 
 def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
@@ -162,8 +146,7 @@ def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
     scan moved by its own rigid motion (5 degrees, 10 mm), paired by id."""
     from scipy.spatial.transform import Rotation
 
-    from ssm.demo.ict_cases import heldout_case, subjects, with_expressions
-    from ssm.fitting.pipeline import fit
+    from ssm.demo.ict_cases import subjects, with_expressions
     from ssm.training.expressions import pair_expressions, train_expression_model
 
     neutral = subjects(ict, 300, seed=1)  # the identity model's corpus (train_model)
@@ -173,6 +156,15 @@ def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
     ids = [f"s{i:03d}" for i in range(len(neutral))]
     pairs = pair_expressions(ids, [i + "_expression" for i in ids])
     expression = train_expression_model(model, neutral, np.array(moved), pairs)
+    return fits_with_expression_model(ict, model, expression, seeds, "ssm, + trained expression model")
+
+
+def fits_with_expression_model(ict, model, expression, seeds: int, method: str) -> list[dict]:
+    """Rows of the frontal cases with 68, 7 and no landmarks, neutral and with the
+    held-out expression, fitted with ``model`` and its ``expression`` model."""
+    from ssm.demo.ict_cases import heldout_case
+    from ssm.fitting.pipeline import fit
+
     rows = []
     for lmk in ("68", "7", "none"):
         for expr in (False, True):
@@ -181,11 +173,13 @@ def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
                 t = time.perf_counter()
                 res = fit(model, (case.scan.vertices, case.scan.faces), landmarks=case.landmarks,
                           expression_model=expression)
+                stage = next(st for st in res.stages if st.name == "expression_model")
                 rows.append({"case": f"frontal/{lmk} lm" + ("/expression" if expr else ""), "seed": seed,
-                             "method": "ssm, + trained expression model", "seconds": time.perf_counter() - t,
+                             "method": method, "seconds": time.perf_counter() - t,
                              "error_mm": face_error(ict, case.scan.to_scan.inverse(), case.truth, res.vertices),
                              "converged": res.converged, "scan_vertices": len(case.scan.vertices),
-                             "expression_components": expression.n_components})
+                             "expression_components": expression.n_components,
+                             "probe_rms_mm": stage.extra["probe_rms_mm"], "applied": stage.extra["applied"]})
     return rows
 
 
