@@ -502,6 +502,19 @@ def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_pat
         assert len(mesh.vertices) == synth_model.n_vertices
         dist = np.asarray(mesh.metadata["_ply_raw"]["vertex"]["data"]["distance_mm"])
         assert np.median(dist[face]) < limit, (sub, np.median(dist[face]))
+        # the model's landmarks on the scan: all of them (5 were given), where the fit
+        # put them, near the truth, and readable as the next fit's --landmarks
+        from ssm.io.landmarks import read_landmark_points
+
+        for suffix in (".csv", ".json"):
+            lm = read_landmark_points(tmp_path / "out" / sub / f"landmarks{suffix}")
+            assert lm.names == tuple(synth_model.landmarks)
+            idx = list(synth_model.landmarks.values())
+            np.testing.assert_allclose(lm.points, mesh.vertices[idx])
+            err = np.linalg.norm(raw.to_scan.inverse().apply(lm.points) - truth[idx], axis=1)
+            assert err.mean() < 1.5, (sub, err)
+        assert set(d["fitted_landmarks"]) == set(synth_model.landmarks)
+        assert all(v["stddev_mm"] > 0 for v in d["fitted_landmarks"].values())
 
 
 def test_fit_cli_goes_on_after_an_unexpected_error(synth_model, generator, tmp_path, monkeypatch):

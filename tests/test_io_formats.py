@@ -162,3 +162,27 @@ def test_vrml_scans_2_0_1_0_gzip_and_point_sets(tmp_path):
     (tmp_path / "not.wrl").write_text("solid x\nendsolid x\n")
     with pytest.raises(InputFileError, match="not.wrl.*not a VRML"):
         read_mesh(tmp_path / "not.wrl")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_written_landmarks_read_back_with_names_and_uncertainty(tmp_path, points, suffix):
+    from ssm.errors import SSMError
+    from ssm.io.landmark_writer import write_landmark_points
+
+    p = points[0][:5]
+    names = ["nose tip", "mouth, left corner", 'a "quoted" one', "ibug03", "vertex 17"]
+    sd = np.array([0.5, 1.0, np.nan, 2.0, 0.1])
+    path = write_landmark_points(tmp_path / f"lm{suffix}", names, p, sd)
+    back = read_landmark_points(path)
+    assert back.names == tuple(names)
+    np.testing.assert_array_equal(back.points, p)  # full precision, no rounding
+    if suffix == ".json":  # scalismo: isotropic, per-axis sd / sqrt(3), so the RMS 3D deviation is sd
+        assert np.isnan(back.covariances[2]).all()
+        ok = np.isfinite(sd)
+        np.testing.assert_allclose(np.trace(back.covariances[ok], axis1=1, axis2=2), sd[ok] ** 2)
+        np.testing.assert_allclose(back.covariances[0], np.eye(3) * 0.25 / 3)
+    else:
+        assert (tmp_path / "lm.csv").read_text().splitlines()[0] == "name,x,y,z,stddev"
+    with pytest.raises(SSMError, match=r"lm\.txt: cannot write landmarks as \.txt \(use \.csv or \.json\)"):
+        write_landmark_points(tmp_path / "lm.txt", names, p)
+    assert not (tmp_path / "lm.txt").exists()

@@ -9,13 +9,16 @@ import numpy as np
 
 from ssm.fitting.result import FitResult
 from ssm.io.atomic import atomic_write
+from ssm.io.landmark_writer import write_landmark_points
 from ssm.io.meshes import write_mesh
 
 
 def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None) -> dict[str, Path]:
     """Write ``fit.ply`` (scan frame and units, per-vertex ``distance_mm``, ``stddev_mm``),
     ``fit_model_frame.ply`` (model frame, mm), ``fit.json`` and ``report.png``; with a
-    fitted expression (an expression model), ``fit_neutral_model_frame.ply`` too.
+    fitted expression (an expression model), ``fit_neutral_model_frame.ply`` too; for a
+    model with landmarks, the fitted ones on the scan (scan frame and units, with their
+    RMS 3D standard deviation): ``landmarks.csv`` and ``landmarks.json`` (scalismo).
 
     scan : the :class:`~ssm.fitting.scan.Scan` (for the picture), optional.
     info : extra JSON fields (input paths, ...).
@@ -29,6 +32,10 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     }
     if result.neutral_model is not None:  # an expression model's expression was fitted: the face without it
         files["fit_neutral"] = write_mesh(out / "fit_neutral_model_frame.ply", result.neutral_model, result.triangles)
+    if result.landmark_vertices:  # automatic landmarking: the model's landmarks on the scan
+        names, points, stddev = result.landmarks
+        for suffix in (".csv", ".json"):
+            files[f"landmarks{suffix}"] = write_landmark_points(out / f"landmarks{suffix}", names, points, stddev)
     summary = result.summary()
     summary.update(info or {})
     with atomic_write(out / "fit.json") as tmp:

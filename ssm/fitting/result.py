@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ class FitResult:
         ``model_fit_model`` is then the identity alone (the neutral face).
     neutral_model : (N, 3) model frame, mm, the subject without that expression (the
         identity plus the detail non-rigid ICP added), or None.
+    landmark_vertices : the model's landmarks, name -> vertex index: where
+        :attr:`landmarks` reads the fitted ones (automatic landmarking of the scan).
     """
 
     vertices: np.ndarray
@@ -57,6 +60,7 @@ class FitResult:
     occluded: np.ndarray | None = None
     expression_coefficients: np.ndarray | None = None
     neutral_model: np.ndarray | None = None
+    landmark_vertices: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def vertex_attributes(self) -> dict:
@@ -67,6 +71,16 @@ class FitResult:
         out["occluded"] = (np.zeros(len(self.vertices)) if self.occluded is None
                            else self.occluded.astype(np.float64))
         return out
+
+    @property
+    def landmarks(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        """The model's landmarks on the fit: names (L), positions (L, 3) in the scan's
+        frame and units, and each one's RMS 3D standard deviation (L,) in the scan's
+        units (NaN where unknown), from :attr:`stddev_mm`."""
+        names = tuple(self.landmark_vertices)
+        idx = np.fromiter(self.landmark_vertices.values(), dtype=np.int64, count=len(names))
+        sd = np.full(len(idx), np.nan) if self.stddev_mm is None else self.stddev_mm[idx] * self.pose.scale
+        return names, self.vertices[idx], sd
 
     @property
     def seconds(self) -> float:
@@ -102,6 +116,14 @@ class FitResult:
             "occluded_fraction": 0.0 if self.occluded is None else float(self.occluded.mean()),
             "landmark_errors_mm": {k: float(v) for k, v in self.landmark_errors_mm.items()},
             "rejected_landmarks": list(self.rejected_landmarks),
+            "fitted_landmarks": self._landmark_summary(),
             "stages": [asdict(s) for s in self.stages],
             "seconds": self.seconds,
         }
+
+    def _landmark_summary(self) -> dict:
+        """name -> {"position": scan frame and units, "stddev_mm": RMS 3D, mm or None}."""
+        names, pts, sd = self.landmarks
+        return {n: {"position": [float(c) for c in p],
+                    "stddev_mm": float(s / self.pose.scale) if np.isfinite(s) else None}
+                for n, p, s in zip(names, pts, sd)}
