@@ -295,9 +295,11 @@ def fit(
                                                      "its share of the CPU's threads (many scans, many cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Fit the model to raw scans: fit.ply, fit_model_frame.ply, fit.json, report.png,
-    the model's landmarks on the scan (landmarks.csv, scalismo landmarks.json), and
-    fused.ply / fused.json when geometry maps are given."""
+    """Fit the model to raw scans: the model's topology on each scan.
+
+    Writes fit.ply, fit_model_frame.ply, fit.json, report.png and landmarks.csv / .json.
+
+    With geometry maps, also fused.ply / fused.json."""
     import dataclasses
 
     from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans, load_fit_model
