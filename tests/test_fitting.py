@@ -830,6 +830,67 @@ def test_ict_bust_without_landmarks(ict_model):
     assert res.converged and err < 1.0, err
 
 
+def _with_spherical_uv(model):
+    """``model`` with a UV layout: spherical angles about its mean's centre, the seam at
+    the back (per-corner coordinates, so no vertex is split)."""
+    v, tri = model.mean, model.triangles
+    c = v - v.mean(0)
+    u = 0.5 + np.arctan2(c[:, 0], c[:, 2]) / (2 * np.pi)
+    w = 0.5 + np.arcsin(np.clip(c[:, 1] / np.linalg.norm(c, axis=1), -1, 1)) / np.pi
+    cu = u[tri]  # per corner: a triangle across the seam takes its low side past 1
+    cu = np.where((cu.max(1, keepdims=True) - cu.min(1, keepdims=True) > 0.5) & (cu < 0.5), cu + 1.0, cu)
+    uv = np.stack([cu.ravel() / 1.1, w[tri].ravel()], 1) * 0.9 + 0.05
+    return model.with_metadata(uv=uv, triangle_uvs=np.arange(3 * len(tri)).reshape(-1, 3))
+
+
+def test_fit_cli_carries_the_scan_colours_onto_the_fit_and_its_texture(synth_model, generator, tmp_path):
+    """A coloured scan: fit.ply's vertex colours are the scan's where it saw the head (and
+    filled smoothly behind), fit.obj carries the model's UVs and a texture whose texels
+    under each seen vertex hold that vertex's colour; --texture 0 bakes none."""
+    import trimesh
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import read_mesh, write_mesh
+    from ssm.io.model_file import save_model
+
+    model = _with_spherical_uv(synth_model)
+    save_model(model, tmp_path / "m.h5")
+    truth, raw = _case(generator, seed=6, units="mm", views="frontal")
+
+    def paint(p_mm):  # a colour that varies smoothly over the head (truth frame, mm)
+        return np.clip(np.stack([0.5 + 0.4 * np.sin(p_mm[:, 0] / 25.0), 0.5 + 0.4 * np.cos(p_mm[:, 1] / 30.0),
+                                 0.5 + 0.004 * p_mm[:, 2]], 1), 0.0, 1.0)
+
+    colors = paint(raw.to_scan.inverse().apply(raw.vertices))
+    write_mesh(tmp_path / "a.ply", raw.vertices, raw.faces, vertex_colors=colors)
+    args = ["fit", str(tmp_path / "m.h5"), str(tmp_path / "a.ply"), "--units", "mm"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    fit_mesh = read_mesh(tmp_path / "out" / "fit.ply")
+    dist = np.asarray(trimesh.load(tmp_path / "out" / "fit.ply", process=False)
+                      .metadata["_ply_raw"]["vertex"]["data"]["distance_mm"])
+    seen = dist < 0.5
+    assert seen.mean() > 0.2 and np.isfinite(fit_mesh.colors).all()  # a frontal scan
+    expect = paint(raw.to_scan.inverse().apply(fit_mesh.vertices))
+    assert np.abs(fit_mesh.colors[seen] - expect[seen]).mean() < 0.01  # 8-bit colours, 0.5 mm of fit error
+    obj = trimesh.load(tmp_path / "out" / "fit.obj", process=False, maintain_order=True)
+    assert isinstance(obj.visual, trimesh.visual.TextureVisuals) and obj.visual.material.image is not None
+    tex = np.asarray(Image.open(tmp_path / "out" / "fit_texture.png")).astype(float) / 255.0
+    assert tex.shape == (1024, 2048, 3)  # the layout spans two unit tiles (u up to 1.1 / 1.1 * 0.9 + 0.05)
+    # each seen vertex's corners: the texel under their uv has about the vertex's colour
+    corner_v = model.triangles.ravel()
+    ok = seen[corner_v]
+    uvc = model.uv[model.triangle_uvs.ravel()][ok]
+    rows = np.clip(((1.0 - uvc[:, 1]) * 1024).astype(int), 0, 1023)
+    cols = np.clip((uvc[:, 0] / 2.0 * 2048).astype(int), 0, 2047)
+    assert np.median(np.abs(tex[rows, cols] - fit_mesh.colors[corner_v[ok]]).max(1)) < 0.03
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "plain"), "--texture", "0"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "plain" / "fit.obj").exists() and (tmp_path / "plain" / "fit.ply").exists()
+
+
 def test_fit_cli_fuses_a_position_map_with_the_fit(synth_model, generator, tmp_path):
     """``ssm fit --map POS:VAR``: a UV position map of the subject (model frame, 0.15 mm
     noise per axis) is fused with the fit by their uncertainties; fused.ply is closer to
@@ -843,14 +904,8 @@ def test_fit_cli_fuses_a_position_map_with_the_fit(synth_model, generator, tmp_p
     from ssm.io.meshes import write_mesh
     from ssm.io.model_file import save_model
 
-    v, tri = synth_model.mean, synth_model.triangles
-    c = v - v.mean(0)  # a UV layout: spherical angles about the centre, the seam at the back
-    u = 0.5 + np.arctan2(c[:, 0], c[:, 2]) / (2 * np.pi)
-    w = 0.5 + np.arcsin(np.clip(c[:, 1] / np.linalg.norm(c, axis=1), -1, 1)) / np.pi
-    cu = u[tri]  # per corner: a triangle across the seam takes its low side past 1
-    cu = np.where((cu.max(1, keepdims=True) - cu.min(1, keepdims=True) > 0.5) & (cu < 0.5), cu + 1.0, cu)
-    uv = np.stack([cu.ravel() / 1.1, w[tri].ravel()], 1) * 0.9 + 0.05
-    model = synth_model.with_metadata(uv=uv, triangle_uvs=np.arange(3 * len(tri)).reshape(-1, 3))
+    model = _with_spherical_uv(synth_model)
+    uv, tri = model.uv, model.triangles
     save_model(model, tmp_path / "m.h5")
     truth, raw = _case(generator, seed=6, units="mm", views="frontal")
     write_mesh(tmp_path / "a.ply", raw.vertices, raw.faces)

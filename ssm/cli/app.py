@@ -291,6 +291,9 @@ def fit(
     displacement_map: List[str] = typer.Option([], help="Also fuse a displacement map: D.npy:VAR.npy."),
     normal_map: Optional[str] = typer.Option(None, help="Also use a normal map: N.npy:VAR.npy (rad^2)."),
     depth_map: List[str] = typer.Option([], help="Also fuse a depth map: D.npy:VAR.npy:K.txt:POSE.txt."),
+    texture: int = typer.Option(1024, help="For a scan with colours and a model with a UV layout: the rows "
+                                           "of the texture baked from the scan (fit.obj, fit_texture.png); "
+                                           "0 for none. The meshes get vertex colours either way."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Scans fitted at once, each in its own process with "
                                                      "its share of the CPU's threads (many scans, many cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -298,6 +301,8 @@ def fit(
     """Fit the model to raw scans: the model's topology on each scan.
 
     Writes fit.ply, fit_model_frame.ply, fit.json, report.png and landmarks.csv / .json.
+
+    A scan with colours: vertex colours, and with a UV layout fit.obj + fit_texture.png.
 
     With geometry maps, also fused.ply / fused.json."""
     import dataclasses
@@ -314,6 +319,8 @@ def fit(
         raise SSMError(f"--expression-model must be auto, on or off, got {expression_model!r}")
     if jobs < 1:
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
+    if not 0 <= texture <= 8192:
+        raise SSMError(f"--texture must be 0 (none) to 8192 rows, got {texture}")
     device = device_name(device)  # a device that cannot be had fails once, before any scan
     m, expression = load_fit_model(model, model_landmarks, expression_model)
     cfg = FitConfig.preset(preset)
@@ -335,7 +342,7 @@ def fit(
         todo.append(ScanJob(scan_path, out if len(scans) == 1 else out / sub,
                             landmarks.replace("{stem}", scan_path.stem) if landmarks else None))
     opts = FitOptions(model, cfg, device, units, pose, tuple(map_), tuple(displacement_map), normal_map,
-                      tuple(depth_map), model_landmarks, expression_model)
+                      tuple(depth_map), model_landmarks, expression_model, texture)
 
     def report(outcome) -> None:
         if outcome.note:

@@ -32,6 +32,7 @@ class FitOptions:
     depth_maps: tuple[str, ...] = ()
     model_landmarks: Path | None = None
     expression_model: str = "auto"
+    texture_size: int = 1024
 
 
 def load_fit_model(model_path: Path, model_landmarks: Path | None = None, expression_model: str = "auto"):
@@ -87,7 +88,8 @@ def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutc
         info = {"scan": str(job.scan), "model": str(opts.model_path), "landmarks": job.landmarks}
         if expression is not None:
             info["expression_model"] = {"components": expression.n_components, "mode": opts.expression_model}
-        write_fit(res, job.dest, sc, info)
+        uv_layout = None if model.uv is None else (model.uv, model.triangle_uvs)
+        write_fit(res, job.dest, sc, info, uv_layout, opts.texture_size)
         if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
             _fuse_maps(model, res, job, opts)
         d = res.summary()["distance_to_scan_mm"]

@@ -7,29 +7,46 @@ from pathlib import Path
 
 import numpy as np
 
+from ssm.fitting.color_transfer import COLOR_DISTANCE_MM, bake_texture
 from ssm.fitting.result import FitResult
 from ssm.io.atomic import atomic_write
 from ssm.io.landmark_writer import write_landmark_points
 from ssm.io.meshes import write_mesh
+from ssm.io.textured_obj import write_textured_obj
 
 
-def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None) -> dict[str, Path]:
+def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None,
+              uv_layout: tuple[np.ndarray, np.ndarray] | None = None, texture_size: int = 1024
+              ) -> dict[str, Path]:
     """Write ``fit.ply`` (scan frame and units, per-vertex ``distance_mm``, ``stddev_mm``),
     ``fit_model_frame.ply`` (model frame, mm), ``fit.json`` and ``report.png``; with a
     fitted expression (an expression model), ``fit_neutral_model_frame.ply`` too; for a
     model with landmarks, the fitted ones on the scan (scan frame and units, with their
-    RMS 3D standard deviation): ``landmarks.csv`` and ``landmarks.json`` (scalismo).
+    RMS 3D standard deviation): ``landmarks.csv`` and ``landmarks.json`` (scalismo). A
+    scan with colours gives the meshes vertex colours, and with the model's
+    ``uv_layout`` (uv (T, 2), triangle_uvs (M, 3)) a texture of ``texture_size`` rows
+    (0: none) baked from the scan: ``fit.obj`` (scan frame and units, the model's UVs),
+    ``fit.mtl``, ``fit_texture.png``.
 
-    scan : the :class:`~ssm.fitting.scan.Scan` (for the picture), optional.
+    scan : the :class:`~ssm.fitting.scan.Scan` (for the picture and the texture), optional.
     info : extra JSON fields (input paths, ...).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     attrs = result.vertex_attributes
+    rgb = result.vertex_colors
     files = {
-        "fit": write_mesh(out / "fit.ply", result.vertices, result.triangles, attrs),
-        "fit_model_frame": write_mesh(out / "fit_model_frame.ply", result.vertices_model, result.triangles, attrs),
+        "fit": write_mesh(out / "fit.ply", result.vertices, result.triangles, attrs, rgb),
+        "fit_model_frame": write_mesh(out / "fit_model_frame.ply", result.vertices_model, result.triangles, attrs,
+                                      rgb),
     }
+    if (rgb is not None and uv_layout is not None and texture_size > 0 and scan is not None
+            and scan.colors is not None and result.triangles is not None):
+        uv, triangle_uvs = uv_layout
+        texture = bake_texture(result.vertices, result.triangles, uv, triangle_uvs, scan, rgb, texture_size,
+                               COLOR_DISTANCE_MM * result.pose.scale)
+        files.update(write_textured_obj(out / "fit.obj", result.vertices, result.triangles, uv, triangle_uvs,
+                                        texture))
     if result.neutral_model is not None:  # an expression model's expression was fitted: the face without it
         files["fit_neutral"] = write_mesh(out / "fit_neutral_model_frame.ply", result.neutral_model, result.triangles)
     if result.landmark_vertices:  # automatic landmarking: the model's landmarks on the scan

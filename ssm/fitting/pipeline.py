@@ -11,6 +11,7 @@ import numpy as np
 
 from ssm.device import device_name
 from ssm.errors import InputFileError
+from ssm.fitting.color_transfer import COLOR_DISTANCE_MM, vertex_colors
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.expression_model import check_expression_model, expression_augmented, expression_model_stage
@@ -263,6 +264,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     # the subject without the expression: the identity with the detail NICP added to the fit
     neutral = None if expression_coeffs is None else x_model + (x - warp.start)
     dist = distance_to_scan(verts_scan, sc) / pose.scale
+    colors = vertex_colors(verts_scan, sc, model.triangles, COLOR_DISTANCE_MM * pose.scale)
     lm_err = {}
     if lms is not None:
         err = np.linalg.norm(pose.inverse().apply(lms.points) - x[lms.vertex], axis=1)
@@ -289,7 +291,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
                      rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs,
-                     neutral, dict(model.landmarks))
+                     neutral, dict(model.landmarks), colors)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

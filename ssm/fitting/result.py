@@ -40,6 +40,9 @@ class FitResult:
         identity plus the detail non-rigid ICP added), or None.
     landmark_vertices : the model's landmarks, name -> vertex index: where
         :attr:`landmarks` reads the fitted ones (automatic landmarking of the scan).
+    vertex_colors : (N, 3) float32 RGB in [0, 1], the scan's colours on the fit (filled
+        smoothly where the scan did not see it; :mod:`ssm.fitting.color_transfer`), or
+        None for a scan without colours.
     """
 
     vertices: np.ndarray
@@ -61,6 +64,7 @@ class FitResult:
     expression_coefficients: np.ndarray | None = None
     neutral_model: np.ndarray | None = None
     landmark_vertices: Mapping[str, int] = field(default_factory=dict)
+    vertex_colors: np.ndarray | None = None
 
     @property
     def vertex_attributes(self) -> dict:

@@ -38,6 +38,8 @@ class Scan:
     path : file it came from, for messages.
     device : where the fit's closest-point searches run: "cpu" (KD-trees) or a torch
         device such as "cuda" (brute force, :mod:`ssm.geometry.nearest`); :meth:`on`.
+    colors : (P, 3) float32 RGB in [0, 1] when the file had colours, else None; the fit
+        does not use them, the outputs carry them over (:mod:`ssm.fitting.colour_transfer`).
     """
 
     points: np.ndarray
@@ -47,6 +49,7 @@ class Scan:
     boundary: np.ndarray
     path: str = "<array>"
     device: str = "cpu"
+    colors: np.ndarray | None = None
 
     def on(self, device: str) -> "Scan":
         """The same scan with its closest-point searches on ``device`` (its caches kept)."""
@@ -121,16 +124,21 @@ class Scan:
 
 
 def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normals: np.ndarray | None = None,
-                     path: str = "<array>", clean: bool = True) -> Scan:
+                     path: str = "<array>", clean: bool = True, colors: np.ndarray | None = None) -> Scan:
     """Prepare a scan from arrays (scan frame and units).
 
     clean : drop stray points (isolated vertices far from the rest, as scanners leave)
         from the matching set; they stay in the data but get no normal and are flagged.
+    colors : (P, 3) RGB in [0, 1] per point, carried along (not used by the fit).
     """
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) < 10:
         raise InputFileError(path, f"needs at least 10 points, got {len(p) if p.ndim == 2 else 0}",
                              "is the scan empty or degenerate?")
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.float32)
+        if colors.shape != p.shape:
+            raise InputFileError(path, f"{len(colors)} colours for {len(p)} points", "give one RGB per point")
     finite = np.isfinite(p).all(axis=1)
     f = np.zeros((0, 3), np.int64) if faces is None else np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if not finite.all():  # drop NaN points, remap faces
@@ -141,11 +149,14 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         f = f[(f >= 0).all(axis=1)]
         if normals is not None:
             normals = np.asarray(normals)[finite]
+        if colors is not None:
+            colors = colors[finite]
     if len(f):  # one vertex per position: STL and seam-split meshes repeat corners per face
         kept, new_index = weld_vertices(p)
         if len(kept) < len(p):
             p, f = p[kept], new_index[f]
             normals = None if normals is None else np.asarray(normals)[kept]
+            colors = None if colors is None else colors[kept]
     if np.linalg.norm(np.ptp(p, axis=0)) <= 0:
         raise InputFileError(path, "all points coincide", "the scan is degenerate")
     fn = None
@@ -175,7 +186,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         n = n.copy()
         n[stray] = 0.0
         boundary = boundary | stray
-    scan = Scan(p, f, n, oriented, boundary, str(path))
+    scan = Scan(p, f, n, oriented, boundary, str(path), colors=colors)
     object.__setattr__(scan, "_tree", tree)  # built once, shared with the stray-point test
     return scan
 
@@ -211,7 +222,7 @@ def orient_normals(scan: Scan, ref_points: np.ndarray, ref_normals: np.ndarray, 
         flip = np.where(np.einsum("pd,pkd->p", scan.normals, ref_normals[j]) < 0, -1.0, 1.0)
         flip *= _side_consensus(scan, scan.normals * flip[:, None])
         faces = scan.faces
-    out = Scan(scan.points, faces, scan.normals * flip[:, None], True, scan.boundary, scan.path, scan.device)
+    out = dataclasses.replace(scan, faces=faces, normals=scan.normals * flip[:, None], oriented=True)
     _share_caches(scan, out)
     return out
 
@@ -374,7 +385,8 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
     from ssm.io.meshes import read_mesh
 
     data = read_mesh(path, allow_points=True, allow_nan=True)
-    return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean)
+    return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean,
+                            colors=data.colors)
 
 
 def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,

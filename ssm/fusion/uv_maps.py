@@ -112,35 +112,68 @@ def bake_to_map(values: np.ndarray, uv: np.ndarray, triangle_uvs: np.ndarray, tr
                 shape: tuple[int, int]) -> np.ndarray:
     """Rasterise per-vertex values (N, C) into an (H, W, C) map (NaN outside the UV charts).
 
-    Each pixel centre is located in its UV triangle (candidate triangles from a KD-tree
-    of UV triangle centroids) and gets the barycentric blend of the corner values.
+    Each pixel centre inside a UV triangle gets the barycentric blend of the triangle's
+    corner values (a pixel on an edge shared by two triangles takes the first's).
     """
-    from scipy.spatial import cKDTree
-
     vals = values if values.ndim == 2 else values[:, None]
     h, w = shape
-    u_span = float(np.ceil(max(uv[:, 0].max(), 1.0)))
-    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
-    pu = (cols.reshape(-1) + 0.5) / w * u_span
-    pv = 1.0 - (rows.reshape(-1) + 0.5) / h
-    p = np.stack([pu, pv], 1)
-    tri_uv = uv[triangle_uvs]  # (M, 3, 2)
-    tree = cKDTree(tri_uv.mean(1))
-    _, cand = tree.query(p, k=min(8, len(tri_uv)))
     out = np.full((h * w, vals.shape[1]), np.nan)
-    done = np.zeros(h * w, bool)
-    for k in range(cand.shape[1]):
-        t = cand[:, k]
-        a, b, c = tri_uv[t, 0], tri_uv[t, 1], tri_uv[t, 2]
-        v0, v1, v2 = b - a, c - a, p - a
-        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-            l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-        l0 = 1 - l1 - l2
-        hit = ~done & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9) & np.isfinite(l1)
-        tv = triangles[t[hit]]
-        out[hit] = (l0[hit, None] * vals[tv[:, 0]] + l1[hit, None] * vals[tv[:, 1]]
-                    + l2[hit, None] * vals[tv[:, 2]])
-        done |= hit
+    pix, tri, bary = rasterise_uv(uv, triangle_uvs, shape)
+    tv = np.asarray(triangles)[tri]  # (P, 3) vertices of each pixel's triangle
+    out[pix] = np.einsum("pk,pkc->pc", bary, vals[tv])
     return out.reshape(h, w, -1)
+
+
+#: pixel candidates generated at once while rasterising (bounds the temporary arrays)
+RASTER_CHUNK = 4_000_000
+
+
+def rasterise_uv(uv: np.ndarray, triangle_uvs: np.ndarray, shape: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels of an (H, W) map whose centres lie in a UV triangle.
+
+    Returns (flat pixel indices (P,), their triangle (P,), barycentric weights (P, 3)),
+    each pixel once (the lowest-numbered triangle where triangles share an edge). Every
+    triangle's bounding box of pixel centres is tested at once, in chunks of
+    :data:`RASTER_CHUNK` candidates: about 2 x the pixels covered.
+    """
+    h, w = shape
+    u_span = float(np.ceil(max(np.max(uv[:, 0]), 1.0)))
+    tri_uv = np.asarray(uv, np.float64)[np.asarray(triangle_uvs)]  # (M, 3, 2)
+    px = tri_uv[..., 0] / u_span * w - 0.5  # pixel-centre coordinates: centre (r, c) is at (c, r)
+    py = (1.0 - tri_uv[..., 1]) * h - 0.5
+    x0 = np.clip(np.ceil(px.min(1) - 1e-9), 0, w).astype(np.int64)
+    x1 = np.clip(np.floor(px.max(1) + 1e-9), -1, w - 1).astype(np.int64)
+    y0 = np.clip(np.ceil(py.min(1) - 1e-9), 0, h).astype(np.int64)
+    y1 = np.clip(np.floor(py.max(1) + 1e-9), -1, h - 1).astype(np.int64)
+    nx, ny = np.maximum(x1 - x0 + 1, 0), np.maximum(y1 - y0 + 1, 0)
+    counts = nx * ny
+    ends = np.cumsum(counts)
+    pix_parts, tri_parts, bary_parts = [], [], []
+    first = 0
+    while first < len(counts):  # triangles [first, last) make one chunk
+        base = ends[first] - counts[first]
+        last = max(int(np.searchsorted(ends, base + RASTER_CHUNK, side="right")), first + 1)
+        t = np.repeat(np.arange(first, last), counts[first:last])
+        local = np.arange(len(t)) - np.repeat(ends[first:last] - counts[first:last] - base, counts[first:last])
+        cx = x0[t] + local % nx[t]
+        cy = y0[t] + local // nx[t]
+        ax, ay = px[t, 0], py[t, 0]
+        v0x, v0y = px[t, 1] - ax, py[t, 1] - ay
+        v1x, v1y = px[t, 2] - ax, py[t, 2] - ay
+        v2x, v2y = cx - ax, cy - ay
+        den = v0x * v1y - v1x * v0y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            l1 = (v2x * v1y - v1x * v2y) / den
+            l2 = (v0x * v2y - v2x * v0y) / den
+        l0 = 1.0 - l1 - l2
+        hit = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9) & np.isfinite(l1) & np.isfinite(l2)
+        pix_parts.append(cy[hit] * w + cx[hit])
+        tri_parts.append(t[hit])
+        bary_parts.append(np.stack([l0[hit], l1[hit], l2[hit]], 1))
+        first = last
+    pix = np.concatenate(pix_parts) if pix_parts else np.zeros(0, np.int64)
+    tri = np.concatenate(tri_parts) if tri_parts else np.zeros(0, np.int64)
+    bary = np.concatenate(bary_parts) if bary_parts else np.zeros((0, 3))
+    pix, keep = np.unique(pix, return_index=True)  # candidates come in triangle order: the first wins
+    return pix, tri[keep], bary[keep]

@@ -20,11 +20,14 @@ class MeshData:
     vertices : (N, 3) float64, file units and frame.
     faces : (M, 3) int64, empty (0, 3) for a point cloud.
     normals : (N, 3) float64 vertex normals when the file has them, else None.
+    colors : (N, 3) float32 RGB in [0, 1] when the file has colours (per vertex or point,
+        per face, or a texture sampled at each vertex), else None.
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     normals: np.ndarray | None = None
+    colors: np.ndarray | None = None
 
     @property
     def is_point_cloud(self) -> bool:
@@ -88,6 +91,7 @@ def _read_trimesh(path: Path) -> MeshData:
             loaded = trimesh.util.concatenate(geoms)
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+    colors = _trimesh_colors(loaded, len(vertices))
     normals = None
     if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
         raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
@@ -97,7 +101,40 @@ def _read_trimesh(path: Path) -> MeshData:
             cols = [np.asarray(raw[c], dtype=np.float64).ravel() for c in ("nx", "ny", "nz")]
             if all(len(c) == len(vertices) for c in cols):
                 normals = np.column_stack(cols)
-    return MeshData(vertices, faces, normals)
+    return MeshData(vertices, faces, normals, colors)
+
+
+def _trimesh_colors(loaded, n: int) -> np.ndarray | None:
+    """(n, 3) float32 RGB in [0, 1] of a trimesh mesh or point cloud, or None.
+
+    Vertex and face colours are taken as they are; a texture is sampled at each vertex's
+    texture coordinate. Colours are extras: anything unexpected gives None, never an error.
+    """
+    try:
+        if hasattr(loaded, "visual"):  # a mesh
+            visual = loaded.visual
+            kind = getattr(visual, "kind", None)
+            if kind == "texture":
+                visual = visual.to_color()
+            elif kind not in ("vertex", "face"):
+                return None
+            rgb = np.asarray(visual.vertex_colors)
+        else:  # a point cloud
+            rgb = np.asarray(getattr(loaded, "colors", np.zeros((0, 4))))
+    except Exception:  # a texture trimesh cannot sample (missing image, odd UVs): no colours
+        return None
+    if rgb.ndim != 2 or rgb.shape[0] != n or rgb.shape[1] < 3:
+        return None
+    return _unit_rgb(rgb[:, :3])
+
+
+def _unit_rgb(rgb: np.ndarray) -> np.ndarray | None:
+    """Colours as float32 in [0, 1]: 8-bit values (anything above 1) are divided by 255."""
+    integers = np.asarray(rgb).dtype.kind in "ui"
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if not len(rgb) or not np.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 255:
+        return None
+    return (rgb / 255.0 if integers or rgb.max() > 1.0 else rgb).astype(np.float32)
 
 
 def _read_xyz(path: Path) -> MeshData:
@@ -108,13 +145,17 @@ def _read_xyz(path: Path) -> MeshData:
     rows = _numeric_rows(path)
     if rows.shape[1] < 3:
         raise InputFileError(path, "rows have fewer than 3 columns", "expected x y z [nx ny nz] per line")
-    normals = None
+    normals = colors = None
     if rows.shape[1] >= 6:
         cand = rows[:, 3:6]
         length = np.linalg.norm(cand, axis=1)
         if np.isfinite(length).all() and np.median(np.abs(length - 1.0)) < 0.05:
             normals = cand
-    return MeshData(rows[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals)
+            if rows.shape[1] >= 9:  # x y z nx ny nz r g b
+                colors = _unit_rgb(rows[:, 6:9])
+        else:  # x y z r g b, or Leica's x y z intensity r g b
+            colors = _unit_rgb(rows[:, 4:7] if rows.shape[1] == 7 else cand)
+    return MeshData(rows[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals, colors)
 
 
 def _numeric_rows(path: Path) -> np.ndarray:
@@ -157,22 +198,30 @@ def _read_pcd(path: Path) -> MeshData:
     if pts.shape[0] == 0:
         raise InputFileError(path, "no points could be read", "is the PCD file valid?")
     normals = np.asarray(pcd.normals, dtype=np.float64) if pcd.has_normals() else None
-    return MeshData(pts, np.zeros((0, 3), np.int64), normals)
+    colors = _unit_rgb(np.asarray(pcd.colors)) if pcd.has_colors() else None
+    return MeshData(pts, np.zeros((0, 3), np.int64), normals, colors)
 
 
 def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray | None = None,
-               vertex_attributes: dict[str, np.ndarray] | None = None) -> Path:
+               vertex_attributes: dict[str, np.ndarray] | None = None,
+               vertex_colors: np.ndarray | None = None) -> Path:
     """Write a PLY/OBJ/... mesh atomically; per-vertex scalar attributes go into PLY.
 
-    vertices : (N, 3) float; faces : (M, 3) int or None; vertex_attributes : name -> (N,).
+    vertices : (N, 3) float; faces : (M, 3) int or None; vertex_attributes : name -> (N,);
+    vertex_colors : (N, 3) RGB in [0, 1] (PLY: red, green, blue, alpha as uchar).
     """
     import trimesh
 
     from ssm.io.atomic import atomic_write
 
     path = Path(path)
+    rgba = None
+    if vertex_colors is not None:
+        rgb = np.round(255.0 * np.clip(np.asarray(vertex_colors, dtype=np.float64), 0.0, 1.0)).astype(np.uint8)
+        rgba = np.hstack([rgb, np.full((len(rgb), 1), 255, np.uint8)])
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices, dtype=np.float64),
-                           faces=None if faces is None else np.asarray(faces), process=False)
+                           faces=None if faces is None else np.asarray(faces), process=False,
+                           vertex_colors=rgba)
     for name, values in (vertex_attributes or {}).items():
         mesh.vertex_attributes[name] = np.asarray(values, dtype=np.float32)
     with atomic_write(path) as tmp:
