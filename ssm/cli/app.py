@@ -292,8 +292,8 @@ def fit(
     normal_map: Optional[str] = typer.Option(None, help="Also use a normal map: N.npy:VAR.npy (rad^2)."),
     depth_map: List[str] = typer.Option([], help="Also fuse a depth map: D.npy:VAR.npy:K.txt:POSE.txt."),
     texture: int = typer.Option(1024, help="For a scan with colours and a model with a UV layout: the rows "
-                                           "of the texture baked from the scan (fit.obj, fit_texture.png); "
-                                           "0 for none. The meshes get vertex colours either way."),
+                                           "of the texture baked from the scan (fit_texture.png, used by "
+                                           "fit.obj); 0 for none. The meshes get vertex colours either way."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Scans fitted at once, each in its own process with "
                                                      "its share of the CPU's threads (many scans, many cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -302,7 +302,7 @@ def fit(
 
     Writes fit.ply, fit_model_frame.ply, fit.json, report.png and landmarks.csv / .json.
 
-    A scan with colours: vertex colours, and with a UV layout fit.obj + fit_texture.png.
+    A model with a UV layout: fit.obj; a scan with colours: vertex colours and fit_texture.png.
 
     With geometry maps, also fused.ply / fused.json."""
     import dataclasses

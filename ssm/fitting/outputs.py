@@ -23,10 +23,10 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     fitted expression (an expression model), ``fit_neutral_model_frame.ply`` too; for a
     model with landmarks, the fitted ones on the scan (scan frame and units, with their
     RMS 3D standard deviation): ``landmarks.csv`` and ``landmarks.json`` (scalismo). A
-    scan with colours gives the meshes vertex colours, and with the model's
-    ``uv_layout`` (uv (T, 2), triangle_uvs (M, 3)) a texture of ``texture_size`` rows
-    (0: none) baked from the scan: ``fit.obj`` (scan frame and units, the model's UVs),
-    ``fit.mtl``, ``fit_texture.png``.
+    scan with colours gives the meshes vertex colours. With the model's ``uv_layout``
+    (uv (T, 2), triangle_uvs (M, 3)): ``fit.obj`` (scan frame and units, the model's
+    UVs) and, from a scan with colours, a texture of ``texture_size`` rows (0: none)
+    baked from it: ``fit.mtl``, ``fit_texture.png``.
 
     scan : the :class:`~ssm.fitting.scan.Scan` (for the picture and the texture), optional.
     info : extra JSON fields (input paths, ...).
@@ -40,11 +40,12 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
         "fit_model_frame": write_mesh(out / "fit_model_frame.ply", result.vertices_model, result.triangles, attrs,
                                       rgb),
     }
-    if (rgb is not None and uv_layout is not None and texture_size > 0 and scan is not None
-            and scan.colors is not None and result.triangles is not None):
+    if uv_layout is not None and result.triangles is not None:  # the model's UVs on the fit (+ a texture)
         uv, triangle_uvs = uv_layout
-        texture = bake_texture(result.vertices, result.triangles, uv, triangle_uvs, scan, rgb, texture_size,
-                               COLOR_DISTANCE_MM * result.pose.scale)
+        texture = None
+        if rgb is not None and texture_size > 0 and scan is not None and scan.colors is not None:
+            texture = bake_texture(result.vertices, result.triangles, uv, triangle_uvs, scan, rgb, texture_size,
+                                   COLOR_DISTANCE_MM * result.pose.scale)
         files.update(write_textured_obj(out / "fit.obj", result.vertices, result.triangles, uv, triangle_uvs,
                                         texture))
     if result.neutral_model is not None:  # an expression model's expression was fitted: the face without it
