@@ -134,13 +134,13 @@ def _fit_demo(model, gen, out: Path, seed: int, say) -> dict:
         f"holes, 1% outliers, random pose, in cm) with 7 noisy landmarks: {scan_dir}/")
     sc = scan_from_arrays(raw.vertices, raw.faces, path=str(scan_dir / "scan.ply"))
     res = fit(model, sc, landmarks=scan_dir / "landmarks.csv")
-    write_fit(res, out / "fit", sc, {"scan": str(scan_dir / "scan.ply")})
+    files = write_fit(res, out / "fit", sc, {"scan": str(scan_dir / "scan.ply")})
     est = raw.to_scan.inverse().apply(res.vertices)
     face = gen.regions["face"]
     err = np.linalg.norm(est - truth, axis=1)
     seen = res.distance_mm < 2.0
     say(f"6. fitted in {res.seconds:.2f} s: error against the truth {err[face].mean():.3f} mm on the face, "
         f"{err[seen].mean():.3f} mm where the scan saw the head; units estimated as {res.units}; "
-        f"wrote {out / 'fit'}/ (fit.ply, fit_model_frame.ply, fit.json, report.png)")
+        f"wrote {out / 'fit'}/ ({', '.join(sorted(p.name for p in files.values()))})")
     return {"fit_face_error_mm": float(err[face].mean()), "fit_seen_error_mm": float(err[seen].mean()),
             "fit_seconds": res.seconds, "fit_units": res.units, "fit_converged": res.converged}
