@@ -436,6 +436,34 @@ def test_landmarks_far_from_the_fitted_surface_flag_the_fit(synth_model, generat
     assert "landmarks are" in res.message and "mm (median) from the fit" in res.message
 
 
+def test_a_head_on_a_whole_body_scan_converges(synth_model, generator):
+    """A body scan where the head is a small part of the points: with landmarks the fit
+    is right, and converged, judged on the scan near it (pipeline.EXPLAINED_REACH_MM)."""
+    import trimesh
+
+    from ssm.fitting.scan import scan_explained, scan_from_arrays
+
+    rng = np.random.default_rng(8)
+    truth = generator.heads(rng.standard_normal(generator.fields.shape[0]))[0]
+    body = trimesh.creation.capsule(height=1100.0, radius=160.0, count=[48, 48])
+    body_v = body.vertices[:, [0, 2, 1]] + [0.0, truth[:, 1].min() - 760.0, truth[:, 2].mean() - 40.0]
+    v = np.concatenate([truth, body_v])
+    f = np.concatenate([generator.triangles, body.faces + len(truth)])
+    raw = make_raw_scan(v, f, views="frontal", spacing_mm=2.0, noise_mm=0.2, units="m", seed=8, fov_mm=1800.0)
+    head_share = np.mean(np.linalg.norm(raw.to_scan.inverse().apply(raw.vertices) - truth.mean(0), axis=1) < 140)
+    assert head_share < 0.3, head_share
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    lm = LandmarkPoints(raw.to_scan.apply(truth[[generator.landmarks[n] for n in names]]), tuple(names))
+    res = fit(synth_model, (raw.vertices, raw.faces), landmarks=lm, units="m")
+    err = np.linalg.norm(raw.to_scan.inverse().apply(res.vertices) - truth, axis=1)[generator.regions["face"]]
+    assert res.converged, res.message
+    assert err.mean() < 1.5, err.mean()
+    # judged on the whole scan it would have failed: most of it is the body
+    sc = scan_from_arrays(raw.vertices, raw.faces)
+    assert scan_explained(sc, res.vertices, synth_model.triangles, res.pose.scale) < 0.3
+    assert scan_explained(sc, res.vertices, synth_model.triangles, res.pose.scale, reach_mm=50.0) > 0.8
+
+
 def test_raw_scan_views_see_the_side_they_face(generator):
     """A camera turned 80 degrees about the vertical axis sees one side of the head
     (x > centre), a frontal one both; anything else is refused."""

@@ -390,11 +390,13 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
 
 
 def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,
-                   samples: int = 5000, within_mm: float = 2.5) -> float:
+                   samples: int = 5000, within_mm: float = 2.5, reach_mm: float | None = None) -> float:
     """Fraction of (non-stray) scan points within ``within_mm`` of the fitted surface.
 
     verts_scan : (N, 3) fitted vertices in the scan frame; triangles : (M, 3) or None
-    (then distances to the vertices); scale : scan units per mm.
+    (then distances to the vertices); scale : scan units per mm; reach_mm : count only
+    the scan points this near the fit (None: all), so that the rest of a body or a room
+    around the head does not count against it.
 
     A fit that slid onto the wrong part of the head matches its own correspondences
     well but explains little of the scan: this is the convergence check that sees it.
@@ -402,6 +404,12 @@ def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | N
     idx = scan.matchable
     if not len(idx):
         idx = np.arange(len(scan.points))
+    if reach_mm is not None:  # the points near the fit's bounding box (the exact reach below)
+        lo = verts_scan.min(0) - reach_mm * scale
+        hi = verts_scan.max(0) + reach_mm * scale
+        idx = idx[((scan.points[idx] >= lo) & (scan.points[idx] <= hi)).all(1)]
+        if not len(idx):
+            return 0.0
     idx = np.random.default_rng(0).choice(idx, min(samples, len(idx)), replace=False)
     if triangles is not None:
         from ssm.geometry.surface_distance import point_to_surface
@@ -409,4 +417,9 @@ def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | N
         d = point_to_surface(scan.points[idx], verts_scan, triangles)
     else:
         d, _ = cKDTree(verts_scan).query(scan.points[idx])
-    return float((d / scale < within_mm).mean())
+    d = d / scale
+    if reach_mm is not None:
+        d = d[d < reach_mm]
+        if not len(d):
+            return 0.0
+    return float((d < within_mm).mean())
