@@ -152,3 +152,64 @@ def test_mesh_colours_survive_welding_and_textures_are_sampled(tmp_path):
     c[ref] = data.colors[order]
     np.testing.assert_allclose(c[left], np.tile([200, 30, 30], (left.sum(), 1)) / 255, atol=2 / 255)
     np.testing.assert_allclose(c[right], np.tile([30, 30, 200], (right.sum(), 1)) / 255, atol=2 / 255)
+
+
+def test_a_textured_scan_gives_the_fit_its_texture_at_full_resolution(tmp_path):
+    """A coarse scan (a 6 x 6 grid) with a fine checkerboard texture: per-vertex colours
+    cannot hold the checks, the texture baked from the scan's own texels does."""
+    import trimesh
+    from PIL import Image
+
+    from ssm.fitting.color_transfer import bake_texture
+
+    v, f = _grid(6, 20.0)  # 100 x 100 scan units
+    uv = v[:, :2] / 100.0
+    checks = ((np.arange(256)[:, None] // 16 + np.arange(256)[None] // 16) % 2).astype(np.uint8)
+    img = np.stack([255 * checks, 255 * (1 - checks), np.full_like(checks, 128)], 2)
+    trimesh.Trimesh(v, f, process=False,
+                    visual=trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(img))).export(tmp_path / "s.obj")
+    scan = load_scan(tmp_path / "s.obj")
+    assert scan.texture is not None and scan.texture.image.shape == (256, 256, 3)
+    fit_v, fit_f = _grid(11, 10.0)  # the "fit": a finer grid 0.5 above the scan, the same UV mapping
+    fit_v[:, 2] = 0.5
+    fit_uv = fit_v[:, :2] / 100.0
+    rgb = vertex_colors(fit_v, scan, fit_f, 3.0)
+    tex = bake_texture(fit_v, fit_f, fit_uv, fit_f, scan, rgb, 256, 3.0).astype(float)
+    inner = (slice(8, 248), slice(8, 248))  # away from the checks' edges at the border
+    np.testing.assert_allclose(np.median(np.abs(tex[inner] - img[inner])), 0.0, atol=1.0)
+    assert np.mean(np.abs(tex[inner] - img[inner]) < 8) > 0.9  # all but the checks' edges
+    # without the texture (only the colours sampled at the scan's 36 vertices): a blur
+    plain = bake_texture(fit_v, fit_f, fit_uv, fit_f, scan_from_arrays(scan.points, scan.faces, colors=scan.colors),
+                         rgb, 256, 3.0).astype(float)
+    assert np.mean(np.abs(plain[inner] - img[inner]) < 8) < 0.5
+
+
+def test_obj_texture_coordinates_per_corner_keep_their_charts_across_a_seam(tmp_path):
+    """An OBJ whose texture coordinates are indexed per corner (``f v/vt``), two charts
+    meeting at a seam down the middle of the mesh: every triangle samples its own chart
+    (read in vertex order, the seam's vertices would keep one chart's coordinate)."""
+    from PIL import Image
+
+    from ssm.fitting.color_transfer import texture_colors_at
+
+    v, f = _grid(6, 20.0)
+    v[:, 2] = 0.01 * ((v[:, :2] - 50.0) ** 2).sum(1)
+    right = v[f].mean(1)[:, 0] > 50.0  # faces of the right chart
+    corner_uv = v[f.ravel(), :2] / 100.0 * [0.4, 1.0]  # left chart: u in [0, 0.4]
+    corner_uv[np.repeat(right, 3), 0] += 0.6  # right chart: u in [0.6, 1]
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:, :4] = (220, 20, 20)
+    img[:, 4:] = (20, 20, 220)
+    Image.fromarray(img).save(tmp_path / "t.png")
+    (tmp_path / "t.mtl").write_text("newmtl skin\nmap_Kd t.png\n")
+    lines = ["mtllib t.mtl", "usemtl skin"] + [f"v {x} {y} {z}" for x, y, z in v]
+    lines += [f"vt {p} {q}" for p, q in corner_uv]
+    lines += [f"f {a + 1}/{3 * i + 1} {b + 1}/{3 * i + 2} {c + 1}/{3 * i + 3}" for i, (a, b, c) in enumerate(f)]
+    (tmp_path / "s.obj").write_text("\n".join(lines) + "\n")
+    scan = load_scan(tmp_path / "s.obj")
+    assert len(scan.points) == len(v)  # the scan as read, in order
+    centres = v[f].mean(1)
+    rgb, seen = texture_colors_at(centres, scan.texture, 1.0)
+    assert seen.all()
+    np.testing.assert_allclose(rgb[~right], np.tile([220, 20, 20], ((~right).sum(), 1)) / 255, atol=1e-6)
+    np.testing.assert_allclose(rgb[right], np.tile([20, 20, 220], (right.sum(), 1)) / 255, atol=1e-6)

@@ -3,7 +3,8 @@
 A scan with colours (per-vertex RGB, a texture sampled per vertex, a coloured cloud)
 hands them to the fitted mesh: each fitted vertex (or texel of the model's UV layout,
 placed on the fitted surface) takes the inverse-distance blend of the scan's
-:data:`NEIGHBOURS` nearest coloured points within ``max_distance``. What the scan did not
+:data:`NEIGHBOURS` nearest coloured points within ``max_distance``; a textured scan
+gives the fit's texture its own texels, read at the closest point's texture coordinate. What the scan did not
 see (the back of the head in a frontal scan, hair left out) is filled smoothly from what
 it did: the harmonic interpolation over the model's mesh (a per-channel Laplace
 equation with the seen vertices fixed), so the fitted head has no black holes. Colours
@@ -46,6 +47,32 @@ def scan_colors_at(points: np.ndarray, scan: Scan, max_distance: float) -> tuple
     return out, seen
 
 
+def texture_colors_at(points: np.ndarray, texture, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Colours (Q, 3) in [0, 1] of a textured scan (:class:`ssm.io.meshes.TextureSource`)
+    at points (Q, 3) in its frame: the texture, bilinearly, at the texture coordinate of
+    each point's closest point on the mesh; and (Q,) bool where that point is within
+    ``max_distance`` (elsewhere NaN). Texture coordinates outside [0, 1] wrap (repeat)."""
+    from ssm.fusion.uv_maps import bilinear
+    from ssm.geometry.surface_distance import SurfaceQuery
+
+    out = np.full((len(points), 3), np.nan)
+    seen = np.zeros(len(points), bool)
+    v, f = np.asarray(texture.vertices, np.float64), np.asarray(texture.faces, np.int64)
+    good = np.isfinite(v).all(1)[f].all(1)  # triangles with NaN corners hold no surface
+    if not good.any() or not len(points):
+        return out, seen
+    f = f[good]
+    closest, tri, bc = SurfaceQuery(v, f).closest(points)
+    seen = np.linalg.norm(closest - points, axis=1) <= max_distance
+    corners = texture.uv[f[tri[seen]]]  # (S, 3, 2)
+    w = np.stack([1.0 - bc[seen, 0] - bc[seen, 1], bc[seen, 0], bc[seen, 1]], 1)
+    uv = np.einsum("sk,skd->sd", w, corners)
+    uv = uv - np.floor(uv) * ((uv < 0) | (uv > 1))  # repeat outside the unit square
+    out[seen] = bilinear(texture.image.astype(np.float64) / 255.0, uv, 1.0)
+    seen &= np.isfinite(out).all(1)
+    return out, seen
+
+
 def harmonic_fill(values: np.ndarray, known: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """(N, C) ``values`` with the rows not ``known`` (N,) bool replaced by the harmonic
     interpolation of the known ones over the mesh (uniform weights): each unknown vertex
@@ -70,12 +97,16 @@ def harmonic_fill(values: np.ndarray, known: np.ndarray, triangles: np.ndarray) 
 def vertex_colors(vertices: np.ndarray, scan: Scan, triangles: np.ndarray | None, max_distance: float
                   ) -> np.ndarray | None:
     """(N, 3) float32 RGB in [0, 1] of the fitted ``vertices`` (N, 3; scan frame and units)
-    from the scan's colours within ``max_distance`` (scan units), the rest filled
+    from the scan's texture or colours within ``max_distance`` (scan units), the rest filled
     harmonically over ``triangles`` (or from the nearest seen vertex without them);
     None when the scan has no colours or none lies near the fit."""
-    if scan.colors is None:
+    if scan.colors is None and scan.texture is None:
         return None
-    rgb, seen = scan_colors_at(vertices, scan, max_distance)
+    rgb, seen = np.full((len(vertices), 3), np.nan), np.zeros(len(vertices), bool)
+    if scan.texture is not None:  # the texture itself, at the closest point's texture coordinate
+        rgb, seen = texture_colors_at(vertices, scan.texture, max_distance)
+    if scan.colors is not None and not seen.all():
+        rgb[~seen], seen[~seen] = scan_colors_at(vertices[~seen], scan, max_distance)
     if not seen.any():
         return None
     if triangles is not None and len(triangles):
@@ -105,7 +136,12 @@ def bake_texture(vertices: np.ndarray, triangles: np.ndarray, uv: np.ndarray, tr
     baked = bake_to_map(np.hstack([vertices, vertex_rgb]), uv, triangle_uvs, triangles, shape)  # (H, W, 6)
     inside = np.isfinite(baked[..., 0])
     tex = np.full(shape + (3,), np.nan)
-    rgb, seen = scan_colors_at(baked[inside, :3], scan, max_distance)
+    points = baked[inside, :3]
+    rgb, seen = np.full((len(points), 3), np.nan), np.zeros(len(points), bool)
+    if scan.texture is not None:  # the scan's own texture, at its full resolution
+        rgb, seen = texture_colors_at(points, scan.texture, max_distance)
+    if scan.colors is not None and not seen.all():
+        rgb[~seen], seen[~seen] = scan_colors_at(points[~seen], scan, max_distance)
     rgb[~seen] = baked[inside, 3:][~seen]
     tex[inside] = rgb
     tex = _dilate(tex, TEXTURE_DILATION)

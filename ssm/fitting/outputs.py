@@ -43,7 +43,8 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     if uv_layout is not None and result.triangles is not None:  # the model's UVs on the fit (+ a texture)
         uv, triangle_uvs = uv_layout
         texture = None
-        if rgb is not None and texture_size > 0 and scan is not None and scan.colors is not None:
+        if rgb is not None and texture_size > 0 and scan is not None and (scan.colors is not None
+                                                                           or scan.texture is not None):
             texture = bake_texture(result.vertices, result.triangles, uv, triangle_uvs, scan, rgb, texture_size,
                                    COLOR_DISTANCE_MM * result.pose.scale)
         files.update(write_textured_obj(out / "fit.obj", result.vertices, result.triangles, uv, triangle_uvs,

@@ -39,7 +39,9 @@ class Scan:
     device : where the fit's closest-point searches run: "cpu" (KD-trees) or a torch
         device such as "cuda" (brute force, :mod:`ssm.geometry.nearest`); :meth:`on`.
     colors : (P, 3) float32 RGB in [0, 1] when the file had colours, else None; the fit
-        does not use them, the outputs carry them over (:mod:`ssm.fitting.colour_transfer`).
+        does not use them, the outputs carry them over (:mod:`ssm.fitting.color_transfer`).
+    texture : the file's texture (:class:`ssm.io.meshes.TextureSource`, the same frame
+        and units), which the fit's texture is sampled from at full resolution, or None.
     """
 
     points: np.ndarray
@@ -50,6 +52,7 @@ class Scan:
     path: str = "<array>"
     device: str = "cpu"
     colors: np.ndarray | None = None
+    texture: object | None = None
 
     def on(self, device: str) -> "Scan":
         """The same scan with its closest-point searches on ``device`` (its caches kept)."""
@@ -124,12 +127,14 @@ class Scan:
 
 
 def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normals: np.ndarray | None = None,
-                     path: str = "<array>", clean: bool = True, colors: np.ndarray | None = None) -> Scan:
+                     path: str = "<array>", clean: bool = True, colors: np.ndarray | None = None,
+                     texture=None) -> Scan:
     """Prepare a scan from arrays (scan frame and units).
 
     clean : drop stray points (isolated vertices far from the rest, as scanners leave)
         from the matching set; they stay in the data but get no normal and are flagged.
     colors : (P, 3) RGB in [0, 1] per point, carried along (not used by the fit).
+    texture : a :class:`ssm.io.meshes.TextureSource` in the same frame, carried along.
     """
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) < 10:
@@ -186,7 +191,7 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
         n = n.copy()
         n[stray] = 0.0
         boundary = boundary | stray
-    scan = Scan(p, f, n, oriented, boundary, str(path), colors=colors)
+    scan = Scan(p, f, n, oriented, boundary, str(path), colors=colors, texture=texture)
     object.__setattr__(scan, "_tree", tree)  # built once, shared with the stray-point test
     return scan
 
@@ -386,7 +391,7 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
 
     data = read_mesh(path, allow_points=True, allow_nan=True)
     return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean,
-                            colors=data.colors)
+                            colors=data.colors, texture=data.texture)
 
 
 def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,

@@ -14,6 +14,21 @@ MESH_SUFFIXES = {".ply", ".obj", ".off", ".stl", ".glb", ".gltf"}
 
 
 @dataclass(frozen=True)
+class TextureSource:
+    """A textured mesh as read: where on it each texture coordinate lies.
+
+    vertices : (V, 3) float64 and faces : (F, 3) int64, the file's (before any welding:
+    a vertex on a UV seam is one per side); uv : (V, 2) texture coordinates (u right,
+    v up); image : (H, W, 3) uint8, its first row the top (v = 1).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
 class MeshData:
     """Plain arrays read from a file.
 
@@ -22,12 +37,15 @@ class MeshData:
     normals : (N, 3) float64 vertex normals when the file has them, else None.
     colors : (N, 3) float32 RGB in [0, 1] when the file has colours (per vertex or point,
         per face, or a texture sampled at each vertex), else None.
+    texture : the file's texture (its image and each vertex's texture coordinate), for
+        sampling at full resolution, or None.
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     normals: np.ndarray | None = None
     colors: np.ndarray | None = None
+    texture: TextureSource | None = None
 
     @property
     def is_point_cloud(self) -> bool:
@@ -92,6 +110,15 @@ def _read_trimesh(path: Path) -> MeshData:
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
     colors = _trimesh_colors(loaded, len(vertices))
+    if path.suffix.lower() == ".obj" and getattr(getattr(loaded, "visual", None), "kind", None) == "texture":
+        # read in order, an OBJ's vertices keep one texture coordinate each, so the
+        # triangles across a UV seam sample the wrong chart; read again, split at the seams
+        try:
+            texture = _trimesh_texture(*_vertices_faces(trimesh.load(str(path), process=False)))
+        except Exception:  # the texture is an extra: the mesh as read stands
+            texture = None
+    else:
+        texture = _trimesh_texture(loaded, vertices, faces)
     normals = None
     if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
         raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
@@ -101,7 +128,34 @@ def _read_trimesh(path: Path) -> MeshData:
             cols = [np.asarray(raw[c], dtype=np.float64).ravel() for c in ("nx", "ny", "nz")]
             if all(len(c) == len(vertices) for c in cols):
                 normals = np.column_stack(cols)
-    return MeshData(vertices, faces, normals, colors)
+    return MeshData(vertices, faces, normals, colors, texture)
+
+
+def _vertices_faces(loaded) -> tuple:
+    """(the mesh, its vertices (V, 3) float64, its faces (F, 3) int64)."""
+    return (loaded, np.asarray(loaded.vertices, dtype=np.float64),
+            np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3))
+
+
+def _trimesh_texture(loaded, vertices: np.ndarray, faces: np.ndarray) -> TextureSource | None:
+    """The mesh's texture image and per-vertex UVs, or None (no texture, no image, or
+    anything unexpected: a texture is an extra, never an error)."""
+    try:
+        visual = getattr(loaded, "visual", None)
+        if getattr(visual, "kind", None) != "texture" or visual.uv is None or not len(faces):
+            return None
+        image = getattr(visual.material, "image", None)
+        if image is None:
+            image = getattr(visual.material, "baseColorTexture", None)
+        if image is None:
+            return None
+        img = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        uv = np.asarray(visual.uv, dtype=np.float64)
+    except Exception:
+        return None
+    if uv.shape != (len(vertices), 2) or img.ndim != 3 or min(img.shape[:2]) < 2 or not np.isfinite(uv).all():
+        return None
+    return TextureSource(vertices, faces, uv, img)
 
 
 def _trimesh_colors(loaded, n: int) -> np.ndarray | None:
