@@ -39,3 +39,20 @@ def test_nearest_without_a_bound_and_empty_queries():
         np.testing.assert_allclose(d, [np.sqrt(2), np.sqrt(5)])
     d, j = DevicePoints(pts, "cpu").query(np.zeros((0, 3)), 1.0)
     assert d.shape == (0,) and j.shape == (0,)
+
+
+def test_surface_distances_keep_their_precision_far_from_the_origin():
+    """A scan 100 km from its origin (georeferenced photogrammetry, in metres): float32
+    coordinates would round it to 8 mm; the queries run about the mesh's centre."""
+    from ssm.geometry.surface_distance import SurfaceQuery, point_to_surface
+
+    ii, jj = np.meshgrid(np.arange(20), np.arange(20), indexing="ij")
+    v = np.stack([ii.ravel() * 0.01, jj.ravel() * 0.01, np.zeros(400)], 1)  # 1 cm grid, metres
+    a = (ii[:-1, :-1] * 20 + jj[:-1, :-1]).ravel()
+    f = np.concatenate([np.stack([a, a + 20, a + 21], 1), np.stack([a, a + 21, a + 1], 1)])
+    q = np.array([[0.055, 0.071, 0.0003], [0.1, 0.1, -0.0012]])  # 0.3 and 1.2 mm off the plane
+    for offset in (0.0, 1e5):
+        shift = np.array([offset, -offset, offset])
+        np.testing.assert_allclose(point_to_surface(q + shift, v + shift, f), [3e-4, 1.2e-3], atol=2e-6)
+        closest, _, _ = SurfaceQuery(v + shift, f).closest(q + shift)
+        np.testing.assert_allclose(closest - shift, q * [1, 1, 0], atol=2e-6)

@@ -145,9 +145,10 @@ class SurfaceQuery:
     """Closest-point queries against one triangle mesh.
 
     vertices : (V, 3) float, triangles : (M, 3) int. Queries are (P, 3) float in the
-    same frame and units; results are float64. Open3D's ray-casting scene (float32)
-    where Open3D imports, else :class:`TriangleSearch` (float64, exact near the surface,
-    slower).
+    same frame and units; results are float64. Open3D's ray-casting scene (float32, about
+    the mesh's centre, so a scan far from its origin, such as georeferenced photogrammetry,
+    keeps its precision) where Open3D imports, else :class:`TriangleSearch` (float64,
+    exact near the surface, slower).
     """
 
     def __init__(self, vertices: np.ndarray, triangles: np.ndarray):
@@ -156,15 +157,17 @@ class SurfaceQuery:
         if o3d is None:
             self._search = TriangleSearch(vertices, triangles)
             return
+        v = np.asarray(vertices, dtype=np.float64)
+        self._origin = v[np.asarray(triangles).ravel()].mean(0) if len(triangles) else np.zeros(3)
         self._scene = o3d.t.geometry.RaycastingScene()
         mesh = o3d.t.geometry.TriangleMesh()
-        mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32))
+        mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(v - self._origin, dtype=np.float32))
         mesh.triangle.indices = o3d.core.Tensor(np.ascontiguousarray(triangles, dtype=np.int32))
         self._scene.add_triangles(mesh)
         self._o3c = o3d.core
 
     def _q(self, points: np.ndarray):
-        return self._o3c.Tensor(np.ascontiguousarray(points, dtype=np.float32))
+        return self._o3c.Tensor(np.ascontiguousarray(np.asarray(points, np.float64) - self._origin, dtype=np.float32))
 
     def distance(self, points: np.ndarray) -> np.ndarray:
         """(P,) unsigned distance from each point to the surface."""
@@ -178,7 +181,7 @@ class SurfaceQuery:
         if self._search is not None:
             return self._search.closest(points)[:3]
         ans = self._scene.compute_closest_points(self._q(points))
-        return (ans["points"].numpy().astype(np.float64), ans["primitive_ids"].numpy().astype(np.int64),
+        return (ans["points"].numpy().astype(np.float64) + self._origin, ans["primitive_ids"].numpy().astype(np.int64),
                 ans["primitive_uvs"].numpy().astype(np.float64))
 
 
@@ -202,7 +205,7 @@ def point_to_surface(points: np.ndarray, vertices: np.ndarray, triangles: np.nda
         _, near = vertex_tree.query(points, k=min(k, len(vertices)), workers=-1)
         mark = np.zeros(len(vertices), bool)
         mark[np.asarray(near).ravel()] = True
-        v = np.asarray(vertices, dtype=np.float32)
+        v = (np.asarray(vertices, dtype=np.float64) - vertices[0]).astype(np.float32)  # edges keep their precision
         a, b, c = v[tri[:, 0]], v[tri[:, 1]], v[tri[:, 2]]
         edge2 = np.maximum(np.maximum(((a - b) ** 2).sum(1), ((b - c) ** 2).sum(1)), ((c - a) ** 2).sum(1))
         # long triangles (bridging a gap, at a border) reach past their corners' neighbourhoods
