@@ -841,6 +841,31 @@ def test_ict_hair_is_left_out(ict_model):
 
 
 @pytest.mark.slow
+def test_ict_whole_body_without_landmarks_in_known_units(ict_model):
+    """A frontal scan of a whole body (1.7 m; the head about a tenth of the points), no
+    landmarks, units given: the whole-scan and bust searches miss the head, the
+    head-sized windows (init_auto.head_window_starts) find it."""
+    import trimesh
+
+    from ssm.demo.ict_cases import subjects, with_shoulders
+
+    ict, model = ict_model
+    truth = subjects(ict, 1, 10_001)[0]
+    v, f = with_shoulders(truth, ict.triangles)
+    below = v[:, 1].min()
+    for height, radius, x, drop in ((500.0, 150.0, 0.0, 250.0), (800.0, 70.0, -90.0, 900.0), (800.0, 70.0, 90.0, 900.0)):
+        part = trimesh.creation.capsule(height=height, radius=radius, count=[24, 24])  # trunk, legs
+        f = np.concatenate([f, part.faces + len(v)])
+        v = np.concatenate([v, part.vertices[:, [0, 2, 1]] + [x, below - drop, truth[:, 2].mean() - 30.0]])
+    raw = make_raw_scan(v, f, views="frontal", fov_mm=1900.0, spacing_mm=2.0, seed=20_001, units="m")
+    res = fit(model, (raw.vertices, raw.faces), units="m")
+    err = np.linalg.norm(raw.to_scan.inverse().apply(res.vertices) - truth, axis=1)[: ict.narrow_face]
+    assert res.converged, res.message
+    assert err.mean() < 1.2, err.mean()
+    assert res.stages[0].extra["window_starts"] > 6  # the bust windows and the head-sized ones
+
+
+@pytest.mark.slow
 def test_ict_bust_without_landmarks(ict_model):
     """Head and shoulders, no landmarks: the whole-scan search lays a head twice the size
     over head and torso; the window search finds the head, and the fit is as good as on a

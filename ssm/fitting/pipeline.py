@@ -15,8 +15,8 @@ from ssm.fitting.color_transfer import COLOR_DISTANCE_MM, vertex_colors
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.expression_model import check_expression_model, expression_augmented, expression_model_stage
-from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, select_start,
-                                   window_starts)
+from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, head_window_starts,
+                                   select_start, window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
@@ -183,6 +183,11 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         if poor():  # the head may be part of the scan (a bust)
             more = window_starts(model, raw_sc, cfg, search_scale)
             windows = len(more)
+            if more:
+                sim, scores = also_try(more)
+        if poor() and search_scale is not None:  # a small part (a whole body), in known units
+            more = head_window_starts(model, raw_sc, cfg, search_scale)
+            windows += len(more)
             if more:
                 sim, scores = also_try(more)
         if per_start is not None:
