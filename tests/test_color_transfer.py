@@ -114,7 +114,7 @@ def test_cloud_colours_are_read(tmp_path, kind):
         pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
         pc.colors = o3d.utility.Vector3dVector(rgb8 / 255.0)
         o3d.io.write_point_cloud(str(path), pc)
-    data = read_mesh(path, allow_points=True)
+    data = read_mesh(path, allow_points=True, colors=True)
     np.testing.assert_allclose(data.colors, rgb8 / 255.0, atol=1e-5)
     if kind == "xyz normals rgb":
         np.testing.assert_allclose(data.normals, n, atol=1e-5)
@@ -142,7 +142,7 @@ def test_mesh_colours_survive_welding_and_textures_are_sampled(tmp_path):
     mesh = trimesh.Trimesh(v, f, process=False,
                            visual=trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(img)))
     mesh.export(tmp_path / "tex.obj")
-    data = read_mesh(tmp_path / "tex.obj")
+    data = read_mesh(tmp_path / "tex.obj", colors=True)
     left = uv[:, 0] < 0.45
     right = uv[:, 0] > 0.55
     # vertex order may differ after the OBJ round trip: compare by position

@@ -921,7 +921,7 @@ def test_fit_cli_carries_the_scan_colours_onto_the_fit_and_its_texture(synth_mod
     args = ["fit", str(tmp_path / "m.h5"), str(tmp_path / "a.ply"), "--units", "mm"]
     res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
-    fit_mesh = read_mesh(tmp_path / "out" / "fit.ply")
+    fit_mesh = read_mesh(tmp_path / "out" / "fit.ply", colors=True)
     dist = np.asarray(trimesh.load(tmp_path / "out" / "fit.ply", process=False)
                       .metadata["_ply_raw"]["vertex"]["data"]["distance_mm"])
     seen = dist < 0.5

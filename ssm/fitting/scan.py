@@ -389,7 +389,7 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
     """Read a mesh (PLY/OBJ/STL/OFF/GLB) or point cloud (XYZ/PTS/PCD/PLY) as a Scan."""
     from ssm.io.meshes import read_mesh
 
-    data = read_mesh(path, allow_points=True, allow_nan=True)
+    data = read_mesh(path, allow_points=True, allow_nan=True, colors=True)
     return scan_from_arrays(data.vertices, data.faces, data.normals, path=str(Path(path)), clean=clean,
                             colors=data.colors, texture=data.texture)
 

@@ -56,12 +56,15 @@ class MeshData:
 ASCII_CLOUD_SUFFIXES = (".xyz", ".pts", ".txt", ".asc", ".xyzn", ".xyzrgb", ".csv")
 
 
-def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bool = False) -> MeshData:
+def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bool = False,
+              colors: bool = False) -> MeshData:
     """Read a mesh (PLY/OBJ/OFF/STL/GLB) or, with ``allow_points``, a point cloud.
 
     Vertex order is preserved exactly (no merging or re-ordering), which registered
     meshes depend on. Raises :class:`InputFileError` for missing, empty, corrupt or
     non-finite files (``allow_nan`` keeps NaN vertices, e.g. unregistered parts).
+    colors : also read the colours and the texture (a scan's; an OBJ's texture takes a
+        second read), else they are None.
     """
     path = Path(path)
     if not path.exists():
@@ -70,15 +73,15 @@ def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bo
         raise InputFileError(path, "file is empty", "re-export it")
     suffix = path.suffix.lower()
     if suffix in ASCII_CLOUD_SUFFIXES:
-        data = _read_xyz(path)
+        data = _read_xyz(path, colors)
     elif suffix == ".pcd":
-        data = _read_pcd(path)
+        data = _read_pcd(path, colors)
     elif suffix in (".wrl", ".vrml", ".wrz"):
         from ssm.io.vrml import read_vrml
 
         data = MeshData(*read_vrml(path))
     else:
-        data = _read_trimesh(path)
+        data = _read_trimesh(path, colors)
     v = data.vertices
     if v.ndim != 2 or v.shape[0] == 0:
         raise InputFileError(path, "no vertices", "is the file empty or in an unsupported format?")
@@ -91,7 +94,7 @@ def read_mesh(path: str | os.PathLike, allow_points: bool = False, allow_nan: bo
     return data
 
 
-def _read_trimesh(path: Path) -> MeshData:
+def _read_trimesh(path: Path, read_colors: bool = False) -> MeshData:
     import trimesh
 
     try:
@@ -109,16 +112,10 @@ def _read_trimesh(path: Path) -> MeshData:
             loaded = trimesh.util.concatenate(geoms)
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-    colors = _trimesh_colors(loaded, len(vertices))
-    if path.suffix.lower() == ".obj" and getattr(getattr(loaded, "visual", None), "kind", None) == "texture":
-        # read in order, an OBJ's vertices keep one texture coordinate each, so the
-        # triangles across a UV seam sample the wrong chart; read again, split at the seams
-        try:
-            texture = _trimesh_texture(*_vertices_faces(trimesh.load(str(path), process=False)))
-        except Exception:  # the texture is an extra: the mesh as read stands
-            texture = None
-    else:
-        texture = _trimesh_texture(loaded, vertices, faces)
+    colors = texture = None
+    if read_colors:
+        colors = _trimesh_colors(loaded, len(vertices))
+        texture = _read_texture(path, loaded, vertices, faces)
     normals = None
     if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
         raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
@@ -131,10 +128,23 @@ def _read_trimesh(path: Path) -> MeshData:
     return MeshData(vertices, faces, normals, colors, texture)
 
 
-def _vertices_faces(loaded) -> tuple:
-    """(the mesh, its vertices (V, 3) float64, its faces (F, 3) int64)."""
-    return (loaded, np.asarray(loaded.vertices, dtype=np.float64),
-            np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3))
+def _read_texture(path: Path, loaded, vertices: np.ndarray, faces: np.ndarray) -> TextureSource | None:
+    """The texture of the mesh ``loaded`` from ``path`` (vertices (V, 3), faces (F, 3)).
+
+    Read in order, an OBJ's vertices keep one texture coordinate each, so the triangles
+    across a UV seam would sample the wrong chart: an OBJ is read again, split at its
+    seams (the texture's own vertices and faces).
+    """
+    if path.suffix.lower() != ".obj" or getattr(getattr(loaded, "visual", None), "kind", None) != "texture":
+        return _trimesh_texture(loaded, vertices, faces)
+    import trimesh
+
+    try:
+        again = trimesh.load(str(path), process=False)
+        return _trimesh_texture(again, np.asarray(again.vertices, dtype=np.float64),
+                                np.asarray(again.faces, dtype=np.int64).reshape(-1, 3))
+    except Exception:  # the texture is an extra: the mesh as read stands
+        return None
 
 
 def _trimesh_texture(loaded, vertices: np.ndarray, faces: np.ndarray) -> TextureSource | None:
@@ -191,7 +201,7 @@ def _unit_rgb(rgb: np.ndarray) -> np.ndarray | None:
     return (rgb / 255.0 if integers or rgb.max() > 1.0 else rgb).astype(np.float32)
 
 
-def _read_xyz(path: Path) -> MeshData:
+def _read_xyz(path: Path, read_colors: bool = False) -> MeshData:
     """ASCII point rows: ``x y z``, ``x y z nx ny nz``, ``x y z r g b``, or Leica PTS
     (a first line with the point count, then ``x y z intensity [r g b]``), separated by
     spaces or commas; a header row (``x y z ...``) is skipped. Columns 4-6 are taken as
@@ -205,9 +215,9 @@ def _read_xyz(path: Path) -> MeshData:
         length = np.linalg.norm(cand, axis=1)
         if np.isfinite(length).all() and np.median(np.abs(length - 1.0)) < 0.05:
             normals = cand
-            if rows.shape[1] >= 9:  # x y z nx ny nz r g b
+            if rows.shape[1] >= 9 and read_colors:  # x y z nx ny nz r g b
                 colors = _unit_rgb(rows[:, 6:9])
-        else:  # x y z r g b, or Leica's x y z intensity r g b
+        elif read_colors:  # x y z r g b, or Leica's x y z intensity r g b
             colors = _unit_rgb(rows[:, 4:7] if rows.shape[1] == 7 else cand)
     return MeshData(rows[:, :3].astype(np.float64), np.zeros((0, 3), np.int64), normals, colors)
 
@@ -240,7 +250,7 @@ def _numbers(line: str) -> bool:
         return False
 
 
-def _read_pcd(path: Path) -> MeshData:
+def _read_pcd(path: Path, read_colors: bool = False) -> MeshData:
     from ssm.geometry.surface_distance import optional_open3d
 
     o3d = optional_open3d()
@@ -252,7 +262,7 @@ def _read_pcd(path: Path) -> MeshData:
     if pts.shape[0] == 0:
         raise InputFileError(path, "no points could be read", "is the PCD file valid?")
     normals = np.asarray(pcd.normals, dtype=np.float64) if pcd.has_normals() else None
-    colors = _unit_rgb(np.asarray(pcd.colors)) if pcd.has_colors() else None
+    colors = _unit_rgb(np.asarray(pcd.colors)) if read_colors and pcd.has_colors() else None
     return MeshData(pts, np.zeros((0, 3), np.int64), normals, colors)
 
 
