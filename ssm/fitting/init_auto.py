@@ -207,17 +207,27 @@ def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,
         s_max = WINDOW_GROWTH * _rms(p[window]) / _rms(m) if fixed_scale is None else np.inf
         sized = [h for h in refined if h[2].scale <= s_max] or refined
         _, _, sim = min(sized, key=lambda h: h[0] / h[2].scale)
-        for _ in range(3):  # re-crop around the placed model
-            reach = (np.linalg.norm(p - sim.apply(m.mean(0)[None])[0], axis=1)
-                     < CROP_REACH * radius * min(sim.scale, s_max))
-            if reach.sum() < 50:
-                break
-            sc, rot, tr, _ = _icp_batch(p[reach], target[4], target[2], target[3],
-                                        [(sim.scale, sim.rotation, sim.translation)], 8, 0.7, fixed_scale)
-            sim = Similarity(float(sc[0]), rot[0], tr[0])
+        sim = _recrop(p, sim, target, radius, fixed_scale, s_max)
         if _distinct(sim, m, placed):
             starts.append(sim)
     return starts
+
+
+def _recrop(p: np.ndarray, sim: Similarity, target, radius_mm: float, fixed_scale: float | None,
+            max_scale: float = np.inf) -> Similarity:
+    """``sim`` refined by three rounds of the hypotheses' ICP on the points of ``p``
+    (P, 3) within :data:`CROP_REACH` model radii (``radius_mm``, at the placement's scale,
+    at most ``max_scale``) of the placed model: what is not the head falls out."""
+    m = target[0]
+    for _ in range(3):
+        reach = (np.linalg.norm(p - sim.apply(m.mean(0)[None])[0], axis=1)
+                 < CROP_REACH * radius_mm * min(sim.scale, max_scale))
+        if reach.sum() < 50:
+            break
+        sc, rot, tr, _ = _icp_batch(p[reach], target[4], target[2], target[3],
+                                    [(sim.scale, sim.rotation, sim.translation)], 8, 0.7, fixed_scale)
+        sim = Similarity(float(sc[0]), rot[0], tr[0])
+    return sim
 
 
 HEAD_WINDOWS_MAX = 32  # head_window_starts: the most head-sized windows searched
@@ -247,7 +257,8 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
         return []  # a head, or a head and shoulders: the other searches' business
     rng = np.random.default_rng(config.seed + 4)
     _, target = _search_inputs(model, scan, config, rng)
-    radius = float(np.linalg.norm(m - m.mean(0), axis=1).max()) * scale
+    radius_mm = float(np.linalg.norm(m - m.mean(0), axis=1).max())
+    radius = radius_mm * scale  # scan units
     sample = good if len(good) <= 20_000 else rng.choice(good, 20_000, replace=False)
     q = scan.points[sample]
     centres = [q[0]]  # farthest-point sampling: every point within a radius of a centre
@@ -264,13 +275,7 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
         p, nrm = scan.points[pick], scan.normals[pick]
         refined, _ = _search(p, nrm, target, config, rng, scale, tilted=False)
         _, _, sim = min(refined, key=lambda h: h[0])
-        for _ in range(3):  # re-crop around the placed model
-            reach = np.linalg.norm(p - sim.apply(m.mean(0)[None])[0], axis=1) < CROP_REACH * radius
-            if reach.sum() < 50:
-                break
-            sc, rot, tr, _ = _icp_batch(p[reach], target[4], target[2], target[3],
-                                        [(sim.scale, sim.rotation, sim.translation)], 8, 0.7, scale)
-            sim = Similarity(float(sc[0]), rot[0], tr[0])
+        sim = _recrop(p, sim, target, radius_mm, scale)
         if _distinct(sim, m, placed):
             starts.append(sim)
     return starts
