@@ -930,6 +930,10 @@ def test_fit_cli_carries_the_scan_colours_onto_the_fit_and_its_texture(synth_mod
     assert np.abs(fit_mesh.colors[seen] - expect[seen]).mean() < 0.01  # 8-bit colours, 0.5 mm of fit error
     obj = trimesh.load(tmp_path / "out" / "fit.obj", process=False, maintain_order=True)
     assert isinstance(obj.visual, trimesh.visual.TextureVisuals) and obj.visual.material.image is not None
+    frame = trimesh.load(tmp_path / "out" / "fit_model_frame.obj", process=False, maintain_order=True)
+    np.testing.assert_allclose(frame.vertices, read_mesh(tmp_path / "out" / "fit_model_frame.ply").vertices,
+                               atol=1e-6)  # the model frame, the same texture
+    assert frame.visual.material.image is not None
     tex = np.asarray(Image.open(tmp_path / "out" / "fit_texture.png")).astype(float) / 255.0
     assert tex.shape == (1024, 2048, 3)  # the layout spans two unit tiles (u up to 1.1 / 1.1 * 0.9 + 0.05)
     # each seen vertex's corners: the texel under their uv has about the vertex's colour

@@ -302,7 +302,7 @@ def fit(
 
     Writes fit.ply, fit_model_frame.ply, fit.json, report.png and landmarks.csv / .json.
 
-    A model with a UV layout: fit.obj; a scan with colours: vertex colours and fit_texture.png.
+    A model with a UV layout: fit.obj, fit_model_frame.obj; a scan with colours: fit_texture.png.
 
     With geometry maps, also fused.ply / fused.json."""
     import dataclasses

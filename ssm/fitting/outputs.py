@@ -24,9 +24,10 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     model with landmarks, the fitted ones on the scan (scan frame and units, with their
     RMS 3D standard deviation): ``landmarks.csv`` and ``landmarks.json`` (scalismo). A
     scan with colours gives the meshes vertex colours. With the model's ``uv_layout``
-    (uv (T, 2), triangle_uvs (M, 3)): ``fit.obj`` (scan frame and units, the model's
-    UVs) and, from a scan with colours, a texture of ``texture_size`` rows (0: none)
-    baked from it: ``fit.mtl``, ``fit_texture.png``.
+    (uv (T, 2), triangle_uvs (M, 3)): ``fit.obj`` (scan frame and units) and
+    ``fit_model_frame.obj`` (model frame, mm) with the model's UVs and, from a scan with
+    colours, a texture of ``texture_size`` rows (0: none) baked from it that both use:
+    ``fit.mtl``, ``fit_texture.png``.
 
     scan : the :class:`~ssm.fitting.scan.Scan` (for the picture and the texture), optional.
     info : extra JSON fields (input paths, ...).
@@ -49,6 +50,9 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
                                    COLOR_DISTANCE_MM * result.pose.scale)
         files.update(write_textured_obj(out / "fit.obj", result.vertices, result.triangles, uv, triangle_uvs,
                                         texture))
+        files["obj_model_frame"] = write_textured_obj(out / "fit_model_frame.obj", result.vertices_model,
+                                                      result.triangles, uv, triangle_uvs,
+                                                      material=files.get("mtl"))["obj"]
     if result.neutral_model is not None:  # an expression model's expression was fitted: the face without it
         files["fit_neutral"] = write_mesh(out / "fit_neutral_model_frame.ply", result.neutral_model, result.triangles)
     if result.landmark_vertices:  # automatic landmarking: the model's landmarks on the scan
