@@ -1,14 +1,14 @@
 """The scan's colours on the fit: per vertex, and baked into the model's UV layout.
 
-A scan with colours (per-vertex RGB, a texture sampled per vertex, a coloured cloud)
-hands them to the fitted mesh: each fitted vertex (or texel of the model's UV layout,
-placed on the fitted surface) takes the inverse-distance blend of the scan's
-:data:`NEIGHBOURS` nearest coloured points within ``max_distance``; a textured scan
-gives the fit's texture its own texels, read at the closest point's texture coordinate. What the scan did not
-see (the back of the head in a frontal scan, hair left out) is filled smoothly from what
-it did: the harmonic interpolation over the model's mesh (a per-channel Laplace
-equation with the seen vertices fixed), so the fitted head has no black holes. Colours
-are RGB in [0, 1] (float) or 0-255 (uint8 textures).
+A scan with colours (per-vertex RGB, a coloured cloud) hands them to the fitted mesh:
+each fitted vertex (or texel of the model's UV layout, placed on the fitted surface)
+takes the inverse-distance blend of the scan's :data:`NEIGHBOURS` nearest coloured
+points within ``max_distance``. A textured scan gives its own texels instead, read at
+the texture coordinate of the closest point on it (:func:`texture_colors_at`). What
+the scan did not see (the back of the head in a frontal scan, hair left out) is filled
+smoothly from what it did: the harmonic interpolation over the model's mesh (a
+per-channel Laplace equation with the seen vertices fixed), so the fitted head has no
+black holes. Colours are RGB in [0, 1] (float) or 0-255 (uint8 textures).
 """
 
 from __future__ import annotations
