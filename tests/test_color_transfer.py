@@ -134,24 +134,25 @@ def test_mesh_colours_survive_welding_and_textures_are_sampled(tmp_path):
     scan = load_scan(path)
     assert len(scan.points) == len(v)  # welded
     np.testing.assert_allclose(scan.colors, _ramp(scan.points), atol=1 / 255)
-    # a texture: each vertex takes the texel under its uv
+    # a texture (OBJ, GLB): kept whole, and each vertex reads the texel under its uv
+    from ssm.fitting.color_transfer import texture_colors_at
+
     uv = (v[:, :2] - v[:, :2].min(0)) / np.ptp(v[:, :2], axis=0) * 0.8 + 0.1
     img = np.zeros((64, 64, 3), np.uint8)
     img[:, :32] = (200, 30, 30)  # left half red, right half blue
     img[:, 32:] = (30, 30, 200)
     mesh = trimesh.Trimesh(v, f, process=False,
                            visual=trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(img)))
-    mesh.export(tmp_path / "tex.obj")
-    data = read_mesh(tmp_path / "tex.obj", colors=True)
     left = uv[:, 0] < 0.45
     right = uv[:, 0] > 0.55
-    # vertex order may differ after the OBJ round trip: compare by position
-    order = np.lexsort(data.vertices.T)
-    ref = np.lexsort(v.T)
-    c = np.empty_like(data.colors)
-    c[ref] = data.colors[order]
-    np.testing.assert_allclose(c[left], np.tile([200, 30, 30], (left.sum(), 1)) / 255, atol=2 / 255)
-    np.testing.assert_allclose(c[right], np.tile([30, 30, 200], (right.sum(), 1)) / 255, atol=2 / 255)
+    for name in ("tex.obj", "tex.glb"):
+        mesh.export(tmp_path / name)
+        data = read_mesh(tmp_path / name, colors=True)
+        assert data.colors is None and data.texture.image.shape == (64, 64, 3)
+        c, seen = texture_colors_at(v, data.texture, 1e-3)
+        assert seen.all()
+        np.testing.assert_allclose(c[left], np.tile([200, 30, 30], (left.sum(), 1)) / 255, atol=1e-6)
+        np.testing.assert_allclose(c[right], np.tile([30, 30, 200], (right.sum(), 1)) / 255, atol=1e-6)
 
 
 def test_a_textured_scan_gives_the_fit_its_texture_at_full_resolution(tmp_path):

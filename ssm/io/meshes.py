@@ -36,9 +36,10 @@ class MeshData:
     faces : (M, 3) int64, empty (0, 3) for a point cloud.
     normals : (N, 3) float64 vertex normals when the file has them, else None.
     colors : (N, 3) float32 RGB in [0, 1] when the file has colours (per vertex or point,
-        per face, or a texture sampled at each vertex), else None.
+        per face, or a texture that could not be kept whole, sampled at each vertex), else
+        None.
     texture : the file's texture (its image and each vertex's texture coordinate), for
-        sampling at full resolution, or None.
+        sampling at full resolution, or None; with it, ``colors`` is None.
     """
 
     vertices: np.ndarray
@@ -113,9 +114,9 @@ def _read_trimesh(path: Path, read_colors: bool = False) -> MeshData:
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
     colors = texture = None
-    if read_colors:
-        colors = _trimesh_colors(loaded, len(vertices))
+    if read_colors:  # a texture is sampled where it is needed, at full resolution; else colours
         texture = _read_texture(path, loaded, vertices, faces)
+        colors = _trimesh_colors(loaded, len(vertices)) if texture is None else None
     normals = None
     if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
         raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
