@@ -67,7 +67,8 @@ VARIANTS = {
     "3 mm detail outside the model, 7 landmarks": ({}, "7", "detail"),
     "3 mm detail outside the model, no landmarks": ({}, "none", "detail"),
     "whole body (1.7 m, a 1.9 m camera view, 2 mm sampling), 7 landmarks": (BODY_VIEW, "7", "body"),
-    "whole body, no landmarks, units given": (BODY_VIEW, "none", "body"),
+    "whole body, no landmarks, units given": (BODY_VIEW, "none", "body+units"),
+    "whole body, no landmarks": (BODY_VIEW, "none", "body"),
 }
 # surface detail of the "detail" variants (ssm.demo.ict_cases.surface_detail amplitude, mm;
 # the standard subjects have 0.8): projected onto the model with perfect correspondence,
@@ -87,11 +88,11 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
 
         surface = with_hair(ict, truth, 18.0)
     triangles = ict.triangles
-    if edit in ("shoulders", "body"):  # a bust: a torso under the neck
+    if edit in ("shoulders", "body", "body+units"):  # a bust: a torso under the neck
         from ssm.demo.ict_cases import with_shoulders
 
         surface, triangles = with_shoulders(surface, triangles)
-    if edit == "body":  # and below it a trunk and two legs (capsules), 1.7 m in all
+    if edit in ("body", "body+units"):  # and below it a trunk and two legs (capsules), 1.7 m in all
         import trimesh
 
         below = surface[:, 1].min()
@@ -149,8 +150,7 @@ def main() -> None:
                 from ssm.demo.ict_cases import IBUG7
 
                 lm = np.where(np.isin(np.arange(len(lm)), IBUG7)[:, None], lm, np.nan)
-            # a body without landmarks is searched for a head of known size: the units given
-            units = raw_kw.get("units", "mm") if edit == "body" and lmk == "none" else "auto"
+            units = raw_kw.get("units", "mm") if edit == "body+units" else "auto"
             res = fit(model, scan, landmarks=None if lmk == "none" else lm, units=units)
             err = face_error(ict, back, truth, res.vertices)
             rows.append({"variant": name, "seed": seed, "error_mm": err, "seconds": time.perf_counter() - t,

@@ -841,10 +841,12 @@ def test_ict_hair_is_left_out(ict_model):
 
 
 @pytest.mark.slow
-def test_ict_whole_body_without_landmarks_in_known_units(ict_model):
+@pytest.mark.parametrize("units", ["m", "auto"])
+def test_ict_whole_body_without_landmarks(ict_model, units):
     """A frontal scan of a whole body (1.7 m; the head about a tenth of the points), no
-    landmarks, units given: the whole-scan and bust searches miss the head, the
-    head-sized windows (init_auto.head_window_starts) find it."""
+    landmarks: the whole-scan and bust searches miss the head, the head-sized windows
+    (init_auto.head_window_starts) find it, in the units given or, without them, in
+    the units the scan would be a body in (init_auto.body_scales)."""
     import trimesh
 
     from ssm.demo.ict_cases import subjects, with_shoulders
@@ -858,9 +860,10 @@ def test_ict_whole_body_without_landmarks_in_known_units(ict_model):
         f = np.concatenate([f, part.faces + len(v)])
         v = np.concatenate([v, part.vertices[:, [0, 2, 1]] + [x, below - drop, truth[:, 2].mean() - 30.0]])
     raw = make_raw_scan(v, f, views="frontal", fov_mm=1900.0, spacing_mm=2.0, seed=20_001, units="m")
-    res = fit(model, (raw.vertices, raw.faces), units="m")
+    res = fit(model, (raw.vertices, raw.faces), units=units)
     err = np.linalg.norm(raw.to_scan.inverse().apply(res.vertices) - truth, axis=1)[: ict.narrow_face]
     assert res.converged, res.message
+    assert res.units == "m"
     assert err.mean() < 1.2, err.mean()
     assert res.stages[0].extra["window_starts"] > 6  # the bust windows and the head-sized ones
 

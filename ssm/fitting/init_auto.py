@@ -234,6 +234,24 @@ HEAD_WINDOWS_MAX = 32  # head_window_starts: the most head-sized windows searche
 BODY_SIZE = 2.0  # head_window_starts searches scans at least this many times the model's size across
 
 
+BODY_MAX_MM = 2600.0  # body_scales: the largest scan (1-99 % box diagonal) taken for a whole body
+
+
+def body_scales(model: ShapeModel, scan: Scan) -> list[float]:
+    """Scales (scan units per mm) of the named units (:data:`ssm.io.units.MM_PER_UNIT`) in
+    which the scan would be a whole body: at least :data:`BODY_SIZE` times the model
+    across and at most :data:`BODY_MAX_MM` (usually one unit does: a body in mm is a
+    giant in cm and a crumb in m), for :func:`head_window_starts` when the units are not
+    given."""
+    from ssm.io.units import MM_PER_UNIT
+
+    good = scan.points[~scan.boundary] if (~scan.boundary).sum() >= 50 else scan.points
+    lo, hi = np.percentile(good, [1, 99], axis=0)
+    size = float(np.linalg.norm(hi - lo))
+    least = BODY_SIZE * float(np.linalg.norm(np.ptp(np.asarray(model.mean, np.float64), axis=0)))
+    return [1.0 / mm for mm in MM_PER_UNIT.values() if least <= size * mm <= BODY_MAX_MM]
+
+
 def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: float) -> list[Similarity]:
     """Starts for a head that is a small part of a scan in known units (a whole body).
 

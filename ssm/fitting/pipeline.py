@@ -15,8 +15,8 @@ from ssm.fitting.color_transfer import COLOR_DISTANCE_MM, vertex_colors
 from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.expression_model import check_expression_model, expression_augmented, expression_model_stage
-from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, head_window_starts,
-                                   select_start, window_starts)
+from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, body_scales,
+                                   head_window_starts, select_start, window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
@@ -185,11 +185,12 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
             windows = len(more)
             if more:
                 sim, scores = also_try(more)
-        if poor() and search_scale is not None:  # a small part (a whole body), in known units
-            more = head_window_starts(model, raw_sc, cfg, search_scale)
-            windows += len(more)
-            if more:
-                sim, scores = also_try(more)
+        if poor():  # a small part (a whole body): in the units given, or those it would be a body in
+            for scale in [search_scale] if search_scale is not None else body_scales(model, raw_sc):
+                more = head_window_starts(model, raw_sc, cfg, scale)
+                windows += len(more)
+                if more:
+                    sim, scores = also_try(more)
         if per_start is not None:
             sc = per_start(sim)
         stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,
