@@ -73,6 +73,18 @@ def texture_colors_at(points: np.ndarray, texture, max_distance: float) -> tuple
     return out, seen
 
 
+def colors_at(points: np.ndarray, scan: Scan, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's colours (Q, 3) at points (Q, 3) in its frame, and (Q,) bool where it has
+    one within ``max_distance``: its texture (:func:`texture_colors_at`) where it has one,
+    else its point colours (:func:`scan_colors_at`); NaN where neither reaches."""
+    rgb, seen = np.full((len(points), 3), np.nan), np.zeros(len(points), bool)
+    if scan.texture is not None:  # the texture itself, at the closest point's texture coordinate
+        rgb, seen = texture_colors_at(points, scan.texture, max_distance)
+    if scan.colors is not None and not seen.all():
+        rgb[~seen], seen[~seen] = scan_colors_at(points[~seen], scan, max_distance)
+    return rgb, seen
+
+
 def harmonic_fill(values: np.ndarray, known: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """(N, C) ``values`` with the rows not ``known`` (N,) bool replaced by the harmonic
     interpolation of the known ones over the mesh (uniform weights): each unknown vertex
@@ -102,11 +114,7 @@ def vertex_colors(vertices: np.ndarray, scan: Scan, triangles: np.ndarray | None
     None when the scan has no colours or none lies near the fit."""
     if scan.colors is None and scan.texture is None:
         return None
-    rgb, seen = np.full((len(vertices), 3), np.nan), np.zeros(len(vertices), bool)
-    if scan.texture is not None:  # the texture itself, at the closest point's texture coordinate
-        rgb, seen = texture_colors_at(vertices, scan.texture, max_distance)
-    if scan.colors is not None and not seen.all():
-        rgb[~seen], seen[~seen] = scan_colors_at(vertices[~seen], scan, max_distance)
+    rgb, seen = colors_at(vertices, scan, max_distance)
     if not seen.any():
         return None
     if triangles is not None and len(triangles):
@@ -136,12 +144,7 @@ def bake_texture(vertices: np.ndarray, triangles: np.ndarray, uv: np.ndarray, tr
     baked = bake_to_map(np.hstack([vertices, vertex_rgb]), uv, triangle_uvs, triangles, shape)  # (H, W, 6)
     inside = np.isfinite(baked[..., 0])
     tex = np.full(shape + (3,), np.nan)
-    points = baked[inside, :3]
-    rgb, seen = np.full((len(points), 3), np.nan), np.zeros(len(points), bool)
-    if scan.texture is not None:  # the scan's own texture, at its full resolution
-        rgb, seen = texture_colors_at(points, scan.texture, max_distance)
-    if scan.colors is not None and not seen.all():
-        rgb[~seen], seen[~seen] = scan_colors_at(points[~seen], scan, max_distance)
+    rgb, seen = colors_at(baked[inside, :3], scan, max_distance)
     rgb[~seen] = baked[inside, 3:][~seen]
     tex[inside] = rgb
     tex = _dilate(tex, TEXTURE_DILATION)
