@@ -245,11 +245,28 @@ def body_scales(model: ShapeModel, scan: Scan) -> list[float]:
     given."""
     from ssm.io.units import MM_PER_UNIT
 
-    good = scan.points[~scan.boundary] if (~scan.boundary).sum() >= 50 else scan.points
-    lo, hi = np.percentile(good, [1, 99], axis=0)
-    size = float(np.linalg.norm(hi - lo))
-    least = BODY_SIZE * float(np.linalg.norm(np.ptp(np.asarray(model.mean, np.float64), axis=0)))
+    good = _body_points(scan)
+    if len(good) < 50:
+        return []
+    size = _spread(scan.points[good])
+    least = BODY_SIZE * _model_size(model)
     return [1.0 / mm for mm in MM_PER_UNIT.values() if least <= size * mm <= BODY_MAX_MM]
+
+
+def _body_points(scan: Scan) -> np.ndarray:
+    """(P,) indices of the scan's points off its borders (finite ones)."""
+    return np.flatnonzero(~scan.boundary & np.isfinite(scan.points).all(1))
+
+
+def _spread(points: np.ndarray) -> float:
+    """The diagonal of the box holding the middle 98 % of ``points`` (P, 3) on each axis."""
+    lo, hi = np.percentile(points, [1, 99], axis=0)
+    return float(np.linalg.norm(hi - lo))
+
+
+def _model_size(model: ShapeModel) -> float:
+    """The diagonal of the model mean's bounding box, mm."""
+    return float(np.linalg.norm(np.ptp(np.asarray(model.mean, np.float64), axis=0)))
 
 
 def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: float) -> list[Similarity]:
@@ -266,13 +283,10 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
     less than :data:`BODY_SIZE` times the model across (heads with hair, busts) get none:
     about 10 s saved where the other searches already had their chance.
     """
-    good = np.flatnonzero(~scan.boundary & np.isfinite(scan.points).all(1))
-    if len(good) < 50:
-        return []
-    m = np.asarray(model.mean, np.float64)
-    lo, hi = np.percentile(scan.points[good], [1, 99], axis=0)
-    if np.linalg.norm(hi - lo) < BODY_SIZE * np.linalg.norm(np.ptp(m, axis=0)) * scale:
+    good = _body_points(scan)
+    if len(good) < 50 or _spread(scan.points[good]) < BODY_SIZE * _model_size(model) * scale:
         return []  # a head, or a head and shoulders: the other searches' business
+    m = np.asarray(model.mean, np.float64)
     rng = np.random.default_rng(config.seed + 4)
     _, target = _search_inputs(model, scan, config, rng)
     radius_mm = float(np.linalg.norm(m - m.mean(0), axis=1).max())
