@@ -158,7 +158,8 @@ class SurfaceQuery:
             self._search = TriangleSearch(vertices, triangles)
             return
         v = np.asarray(vertices, dtype=np.float64)
-        self._origin = v[np.asarray(triangles).ravel()].mean(0) if len(triangles) else np.zeros(3)
+        finite = np.isfinite(v).all(1)  # (a textured scan's own vertices may hold NaN ones)
+        self._origin = v[finite].mean(0) if finite.any() else np.zeros(3)
         self._scene = o3d.t.geometry.RaycastingScene()
         mesh = o3d.t.geometry.TriangleMesh()
         mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(v - self._origin, dtype=np.float32))
