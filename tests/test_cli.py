@@ -69,6 +69,10 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", str(tmp_path / "m.h5"), str(tmp_path / "s.ply"),
                           "--out", str(tmp_path / "o"), "--expression-field", "1"], capture_output=True, text=True)
     assert out.returncode == 2 and "--expression-field must be auto, on or off" in out.stderr
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", str(tmp_path / "m.h5"), str(tmp_path / "s.ply"),
+                          "--out", str(tmp_path / "o"), "--texture", "-1"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --texture must be 0 (none) to 8192 rows, got -1"
+    assert not (tmp_path / "o").exists()  # refused before anything is read or written
     # a device that cannot be had fails once, before any model or scan is read
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", str(tmp_path / "m.h5"), str(tmp_path / "s.ply"),
                           "--out", str(tmp_path / "o"), "--device", "gpu"], capture_output=True, text=True)
