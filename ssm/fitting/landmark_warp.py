@@ -23,7 +23,7 @@ where the correction exceeds ``FitConfig.warp_region_mm`` gets a smooth deformat
 whole scan and all the landmarks: the field explains what the identity does not span, so
 the identity stops bending, and it keeps the region's data. The warp of what the
 landmarks still disagree with is added, and the result is the start of non-rigid ICP,
-which refines it along the scan normals and keeps the region's landmarks at its soft
+which refines it along the normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
 landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
 from 1.87 to 1.01 mm (10 subjects, before the benchmark's expression raised the brows:

@@ -10,9 +10,11 @@ same border, distance and normal rejection as the model fit::
 ``L`` is the mesh graph Laplacian (membrane stiffness), ``beta`` pulls towards the model
 fit where the scan says nothing, and landmarks join as heavy terms at the stiff levels
 (at every level inside the landmark warp's region, :mod:`ssm.fitting.landmark_warp`).
-The targets ``y_i`` are the feet of the current vertices on the scan's tangent planes
-(point-to-plane, :func:`plane_targets`): a free-form fit would otherwise slide along
-the surface, which the surface distance does not see but the correspondence does.
+The targets ``y_i`` are the feet of the current vertices on the planes through their
+scan points across the vertices' own normals (point-to-plane, :func:`plane_targets`;
+the model's normals rather than the scan's noisy ones, see
+:mod:`ssm.fitting.correspondence`): a free-form fit would otherwise slide along the
+surface, which the surface distance does not see but the correspondence does.
 The N x N system is sparse, symmetric positive definite and shared by x, y and z: one
 sparse LU factorisation per iteration (SuperLU), no dense solve. This displacement form
 is the affine-per-vertex NICP with the affine part dropped: rotations of parts are left
@@ -101,9 +103,9 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
 
 
 def plane_targets(x: np.ndarray, y: np.ndarray, n: np.ndarray, point_to_plane: float) -> np.ndarray:
-    """(C, 3) targets that pull vertices ``x`` towards the tangent planes at ``y``.
+    """(C, 3) targets that pull vertices ``x`` towards the planes through ``y`` across ``n``.
 
-    x, y : (C, 3) vertices and their scan targets; n : (C, 3) unit scan normals (zero
+    x, y : (C, 3) vertices and their scan targets; n : (C, 3) unit normals (zero
     where unknown: the target stays ``y``). With ``point_to_plane`` = 1 the target is
     the foot of ``x`` on the plane through ``y``, so the data term moves a vertex only
     along the normal and the tangential position is left to the stiffness and the model

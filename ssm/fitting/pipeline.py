@@ -16,7 +16,7 @@ from ssm.fitting.config import FitConfig
 from ssm.fitting.expression_field import expression_field_stage
 from ssm.fitting.expression_model import check_expression_model, expression_augmented, expression_model_stage
 from ssm.fitting.init_auto import (EXTRA_CANDIDATES, WINDOW_SEARCH_SCORE, auto_similarity, body_scales,
-                                   head_window_starts, select_start, window_starts)
+                                   head_window_starts, near_named_unit, select_start, window_starts)
 from ssm.fitting.init_landmarks import landmark_similarity
 from ssm.fitting.landmark_match import MatchedLandmarks, check_landmarks_on_scan, match_landmarks
 from ssm.fitting.landmark_warp import WarpOutcome, warp_stage
@@ -187,8 +187,12 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
             windows = len(more)
             if more:
                 sim, scores = also_try(more)
-        if poor():  # a small part (a whole body): in the units given, or those it would be a body in
-            for scale in [search_scale] if search_scale is not None else body_scales(model, raw_sc):
+        # a small part (a whole body): in the units given, or those it would be a body in;
+        # also when the chosen start puts the scan in no named unit while it would be a
+        # body in one (a head five times too large laid over a body fits it well)
+        bodies = [search_scale] if search_scale is not None else body_scales(model, raw_sc)
+        if poor() or (search_scale is None and bodies and not near_named_unit(sim.scale)):
+            for scale in bodies:
                 more = head_window_starts(model, raw_sc, cfg, scale)
                 windows += len(more)
                 if more:
@@ -215,7 +219,8 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         # a point cloud's normals took their sides from the placed mean, which is off where
         # the subject differs most (lips, nostrils, eyelids); they take them again from
         # the fit, and the model is fitted again with them (the robustness benchmark's
-        # clouds without normals: 0.71 -> 0.65 mm with 7 landmarks, 0.78 -> 0.65 mm without)
+        # clouds without normals, residual planes then the scan's: 0.71 -> 0.65 mm with 7
+        # landmarks, 0.78 -> 0.65 mm without)
         t0 = time.perf_counter()
         before = sc.normals
         sc = oriented(raw_sc, state.pose, model.instance(state.coeffs))

@@ -23,7 +23,7 @@ from ssm.models.shape_model import ShapeModel
 
 
 def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_model: np.ndarray,
-               x_final: np.ndarray, correlation: float = 150.0) -> np.ndarray:
+               x_final: np.ndarray, correlation: float = 30.0) -> np.ndarray:
     """(N,) RMS 3D standard deviation (mm) of each fitted vertex.
 
     corr : final correspondences (targets in the scan frame); pose : model -> scan;
