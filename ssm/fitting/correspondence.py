@@ -106,9 +106,8 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     have = np.flatnonzero(cnt > 0)
     target = tgt_sum[have] / cnt[have, None]
     nrm = nrm_sum[have]
-    own = vnormals[have]  # the model's normal where it has one (see the module docstring)
-    has_own = np.linalg.norm(own, axis=1) > 0
-    nrm[has_own] = own[has_own]
+    has_own = ~blind[have]  # the model's normal where it has one (see the module docstring)
+    nrm[has_own] = vnormals[have][has_own]
     nn = np.linalg.norm(nrm, axis=1, keepdims=True)
     nrm = np.divide(nrm, nn, out=np.zeros_like(nrm), where=nn > 0)
     dist_mm = np.linalg.norm(target - verts[have], axis=1) * mm_per_unit

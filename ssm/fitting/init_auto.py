@@ -42,6 +42,9 @@ CROP_REACH = 1.15  # window_starts keeps the points within this many model radii
 # be only part of the scan: the pipeline then also tries window_starts
 WINDOW_SEARCH_SCORE = 6.0
 NAMED_UNIT_TOLERANCE = 1.3  # a start's scale within this factor of a named unit's is in that unit
+HEAD_WINDOWS_MAX = 32  # head_window_starts: the most head-sized windows searched
+BODY_SIZE = 2.0  # head_window_starts searches scans at least this many times the model's size across
+BODY_MAX_MM = 2600.0  # body_scales: the largest scan (1-99 % box diagonal) taken for a whole body
 # distinct hypotheses beyond FitConfig.auto_candidates that the model also tries when the
 # best of those scores above WINDOW_SEARCH_SCORE, before the window search (a jaw-open face
 # without landmarks: the right start was the search's fourth or fifth)
@@ -229,13 +232,6 @@ def _recrop(p: np.ndarray, sim: Similarity, target, radius_mm: float, fixed_scal
                                     [(sim.scale, sim.rotation, sim.translation)], 8, 0.7, fixed_scale)
         sim = Similarity(float(sc[0]), rot[0], tr[0])
     return sim
-
-
-HEAD_WINDOWS_MAX = 32  # head_window_starts: the most head-sized windows searched
-BODY_SIZE = 2.0  # head_window_starts searches scans at least this many times the model's size across
-
-
-BODY_MAX_MM = 2600.0  # body_scales: the largest scan (1-99 % box diagonal) taken for a whole body
 
 
 def body_scales(model: ShapeModel, scan: Scan) -> list[float]:

@@ -190,13 +190,15 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         # a small part (a whole body): in the units given, or those it would be a body in;
         # also when the chosen start puts the scan in no named unit while it would be a
         # body in one (a head five times too large laid over a body fits it well)
-        bodies = [search_scale] if search_scale is not None else body_scales(model, raw_sc)
-        if poor() or (search_scale is None and bodies and not near_named_unit(sim.scale)):
-            for scale in bodies:
-                more = head_window_starts(model, raw_sc, cfg, scale)
-                windows += len(more)
-                if more:
-                    sim, scores = also_try(more)
+        if search_scale is not None:
+            bodies = [search_scale] if poor() else []
+        else:
+            bodies = body_scales(model, raw_sc) if poor() or not near_named_unit(sim.scale) else []
+        for scale in bodies:
+            more = head_window_starts(model, raw_sc, cfg, scale)
+            windows += len(more)
+            if more:
+                sim, scores = also_try(more)
         if per_start is not None:
             sc = per_start(sim)
         stages.append(dataclasses.replace(rep, seconds=rep.seconds + time.perf_counter() - t0,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssm.fitting.config import FitConfig
 from ssm.fitting.correspondence import Correspondences
 from ssm.geometry.similarity import Similarity
 from ssm.models.shape_model import ShapeModel
 
 
 def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_model: np.ndarray,
-               x_final: np.ndarray, correlation: float = 30.0) -> np.ndarray:
+               x_final: np.ndarray, correlation: float = FitConfig.uncertainty_correlation) -> np.ndarray:
     """(N,) RMS 3D standard deviation (mm) of each fitted vertex.
 
     corr : final correspondences (targets in the scan frame); pose : model -> scan;
