@@ -3,10 +3,10 @@
 Same model and held-out ICT subjects as ``bench_fitting.py`` (frontal scan, 0.3 mm
 noise, 0.8 mm sampling, 3 holes, 1 % outliers, 68 landmarks with 1.5 mm noise, random
 rigid pose), then one thing changed at a time: a point cloud instead of a mesh (with
-or without the normals a scanner writes; 68, 7 or no landmarks), one camera turned 45 or
-80 degrees (a three-quarter view, a profile: the other side of the face unseen but
-scored), more noise or outliers, metres, coarser sampling, wrong landmarks, large holes, a mesh
-written with inverted winding, a wall behind the head, hair over the scalp (18 mm, with
+or without the normals a scanner writes, or with normals saved without their sides; 68,
+7 or no landmarks), one camera turned 45 or 80 degrees (a three-quarter view, a profile:
+the other side of the face unseen but scored), more noise or outliers, metres, coarser
+sampling, wrong landmarks, large holes, a mesh written with inverted winding, a wall behind the head, hair over the scalp (18 mm, with
 a fringe: the scanner sees the hair, the truth is the skin), head and shoulders (a torso
 under the neck, seen by a wider camera), a whole body (the head a tenth of the scan), a
 subject with more surface detail outside the model (bumps of 3 mm instead of 0.8 mm: the
@@ -42,6 +42,8 @@ VARIANTS = {
     "point cloud, 7 landmarks": ({}, "7", "cloud"),
     "point cloud with the scanner's normals, 7 landmarks": ({}, "7", "cloud+normals"),
     "point cloud with the scanner's normals, no landmarks": ({}, "none", "cloud+normals"),
+    "point cloud with unoriented normals, 7 landmarks": ({}, "7", "cloud+pca"),
+    "point cloud with unoriented normals, no landmarks": ({}, "none", "cloud+pca"),
     "three-quarter view (45 deg), 7 landmarks": ({"views": 45.0}, "7", None),
     "three-quarter view (45 deg), no landmarks": ({"views": 45.0}, "none", None),
     "profile view (80 deg), 68 landmarks": ({"views": 80.0}, "68", None),
@@ -124,6 +126,12 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
         from ssm.geometry.mesh_ops import vertex_normals
 
         scan = (verts, None, vertex_normals(verts, faces))
+    if edit == "cloud+pca":  # a PCA estimate saved without orientation: sides flip in patches
+        from ssm.fitting.scan import pca_normals
+
+        n = pca_normals(verts)
+        side = np.sign(np.sin(verts @ rng.normal(0, 0.2, 3) / raw.to_scan.scale))  # patches ~15 mm
+        scan = (verts, None, n * np.where(side == 0, 1.0, side)[:, None])
     return truth, scan, raw.to_scan.apply(lm_mm), raw.to_scan.inverse()
 
 

@@ -122,6 +122,30 @@ def test_ply_point_cloud_normals_are_read_and_used(tmp_path, points, ascii_):
     assert np.allclose(np.linalg.norm(scan.normals, axis=1), 1.0)  # the missing ones estimated
 
 
+def test_cloud_normals_flipped_in_patches_are_axes_not_sides(tmp_path):
+    """A PCA estimate saved without orientation (Open3D's ``estimate_normals``) flips its
+    sides in patches: the cloud counts as unoriented (its sides then come from the fit)
+    and the normals keep their axes; scanner normals, one side throughout, stay oriented."""
+    import open3d as o3d
+
+    from ssm.fitting.scan import load_scan
+
+    rng = np.random.default_rng(3)
+    u, v = rng.uniform(-1, 1, (2, 4000))
+    p = np.stack([80 * u, 80 * v, 30 * (u ** 2 + v ** 2)], 1)  # a bowl, 160 units wide
+    n = np.stack([-60 * u / 80, -60 * v / 80, np.ones_like(u)], 1)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    for name, sides, oriented in (("scanner", np.ones(len(p)), True),
+                                  ("patches", np.where(np.sin(u * 7) * np.sin(v * 5) > 0, 1.0, -1.0), False)):
+        pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+        pc.normals = o3d.utility.Vector3dVector(n * sides[:, None])
+        path = tmp_path / f"{name}.pcd"
+        o3d.io.write_point_cloud(str(path), pc)
+        scan = load_scan(path, clean=False)
+        assert scan.oriented == oriented, name
+        np.testing.assert_allclose(np.abs(np.einsum("pd,pd->p", scan.normals, n)), 1.0, atol=1e-5)
+
+
 def _vrml2(points, polygons, tex=True):
     pts = ",\n".join(" ".join(f"{c:.6f}" for c in p) for p in points)
     idx = ", ".join(", ".join(str(i) for i in poly) + ", -1" for poly in polygons)

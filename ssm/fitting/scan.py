@@ -264,6 +264,35 @@ def _side_consensus(scan: Scan, normals: np.ndarray, k: int = CONSENSUS_NEIGHBOU
     return side
 
 
+SIDE_AGREEMENT = 0.97  # share of near-parallel neighbour normals on one side that says the file's are oriented
+
+
+def sides_consistent(p: np.ndarray, normals: np.ndarray, valid: np.ndarray, tree: cKDTree | None = None,
+                     k: int = 8, samples: int = 20000) -> bool:
+    """Whether a cloud's given normals (P, 3, unit where ``valid``) take consistent sides.
+
+    Normals from a scanner face the sensor, and neighbours agree: of the pairs of
+    neighbour normals within 60 degrees of (anti)parallel, 98.9-99.7 % point the same way
+    on held-out ICT clouds (frontal and three-view, sparse or with noisy normals) and on
+    the real scans' vertex normals. A PCA estimate saved without orientation (Open3D's
+    ``estimate_normals``, PCL without a viewpoint) flips in patches: 77-94 %. Trusting
+    those sides sent a fit without landmarks 120 mm off; below :data:`SIDE_AGREEMENT`
+    the normals are taken as axes and their sides come from the fit.
+    """
+    idx = np.flatnonzero(valid)
+    if len(idx) < 2:
+        return True
+    if len(idx) > samples:
+        idx = np.random.default_rng(0).choice(idx, samples, replace=False)
+    tree = tree or scan_tree(p)
+    k = min(k, len(p) - 1)
+    _, nb = tree.query(p[idx], k=k + 1)
+    nb = nb.reshape(len(idx), -1)[:, 1:]
+    cos = np.einsum("pd,pkd->pk", normals[idx], normals[nb])
+    strong = np.abs(cos) > 0.5  # (zero normals of invalid neighbours drop out here)
+    return not strong.any() or float(np.mean(cos[strong] > 0)) >= SIDE_AGREEMENT
+
+
 def _estimate_normals(p: np.ndarray, normals: np.ndarray | None, tree: cKDTree | None = None
                       ) -> tuple[np.ndarray, bool]:
     """(P, 3) unit normals of a point cloud and whether they are oriented (``tree``: a
@@ -271,8 +300,10 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None, tree: cKDTree |
 
     The file's normals are used where they exist (most scanners write them, facing the
     sensor); points whose normal is zero or NaN (often the stray ones) take an estimate
-    turned towards their nearest given neighbour's. With fewer than half given, all are
-    estimated (PCA of 16 neighbours, turned away from the centroid; unoriented).
+    turned towards their nearest given neighbour's. Given normals whose sides disagree
+    between neighbours (:func:`sides_consistent`) are kept as axes, unoriented. With
+    fewer than half given, all are estimated (PCA of 16 neighbours, turned away from the
+    centroid; unoriented).
     """
     given = valid = None
     if normals is not None:
@@ -282,6 +313,11 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None, tree: cKDTree |
         if valid.mean() >= 0.5:
             given = np.zeros_like(nrm)
             given[valid] = nrm[valid] / nn[valid, None]
+            if not sides_consistent(p, given, valid, tree):
+                # axes without sides (a PCA estimate saved unoriented): the sides come
+                # from the fit, as for estimated normals
+                n = given if valid.all() else np.where(valid[:, None], given, pca_normals(p, tree=tree))
+                return _away_from_centroid(p, n), False
             if valid.all():
                 return given, True
     n = pca_normals(p, tree=tree)
@@ -292,11 +328,13 @@ def _estimate_normals(p: np.ndarray, normals: np.ndarray | None, tree: cKDTree |
         est[(est * given[have[j]]).sum(1) < 0] *= -1
         given[~valid] = est
         return given, True
-    # orient away from the centroid: right for most single-surface scans, and the
-    # matching uses |cos| for unoriented normals anyway
-    flip = ((p - p.mean(0)) * n).sum(1) < 0
-    n[flip] *= -1
-    return n, False
+    return _away_from_centroid(p, n), False
+
+
+def _away_from_centroid(p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Unoriented normals (P, 3) turned away from the cloud's centroid: right for most
+    single-surface scans, and the matching uses ``|cos|`` for unoriented normals anyway."""
+    return np.where((((p - p.mean(0)) * n).sum(1) < 0)[:, None], -n, n)
 
 
 def pca_normals(p: np.ndarray, k: int = 16, tree: cKDTree | None = None) -> np.ndarray:
