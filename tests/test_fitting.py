@@ -399,6 +399,47 @@ def test_fit_recovers_synthetic_head_in_other_units(synth_model, generator, with
     assert ("cloud_normals_turned" in next(s for s in res.stages if s.name == "model_fit").extra) == cloud
 
 
+def test_model_units_are_read_from_the_declared_unit_or_the_head_size(synth_model):
+    """A model declared in m, or sized as a head in m or um though it says mm (statismo
+    files carry no units), is scaled to mm; a model of something else is left alone."""
+    import dataclasses
+
+    from ssm.models.model_units import in_millimetres, model_mm_per_unit
+
+    def scaled(f, units):
+        return dataclasses.replace(synth_model, mean=synth_model.mean * f, variances=synth_model.variances * f * f,
+                                   noise_variance=synth_model.noise_variance * f * f, units=units)
+
+    assert model_mm_per_unit(synth_model) == 1.0 and in_millimetres(synth_model) == (synth_model, 1.0)
+    for f, units, want in ((1e-3, "m", 1e3), (1e-3, "mm", 1e3), (1e3, "mm", 1e-3), (0.1, "cm", 10.0),
+                           (1e-5, "mm", 1.0)):  # the last: 5 um across, no head in any unit
+        model = scaled(f, units)
+        assert model_mm_per_unit(model) == pytest.approx(want), (f, units)
+        mm, factor = in_millimetres(model)
+        assert factor == pytest.approx(want) and mm.units == ("mm" if want != 1.0 else units)
+        np.testing.assert_allclose(mm.stddevs, model.stddevs * factor, rtol=1e-6)
+        np.testing.assert_allclose(mm.mean, model.mean * factor, rtol=1e-6)
+
+
+def test_a_model_in_metres_fits_as_in_millimetres(synth_model, generator):
+    """FLAME-like units: the same fit as the model in mm, results in mm, and a given pose
+    read in the model's units."""
+    import dataclasses
+
+    truth, raw = _case(generator, seed=5)
+    metres = dataclasses.replace(synth_model, mean=synth_model.mean / 1000, variances=synth_model.variances / 1e6,
+                                 noise_variance=synth_model.noise_variance / 1e6, units="m")
+    ref = fit(synth_model, (raw.vertices, raw.faces))
+    res = fit(metres, (raw.vertices, raw.faces))
+    assert res.model_mm_per_unit == 1000.0 and res.units == "cm" and res.summary()["model_mm_per_unit"] == 1000.0
+    np.testing.assert_allclose(res.vertices, ref.vertices, atol=1e-6 * np.ptp(ref.vertices))
+    np.testing.assert_allclose(res.vertices_model, ref.vertices_model, atol=1e-3)
+    # the true pose, given for the model in metres (model m -> scan cm)
+    posed = fit(metres, (raw.vertices, raw.faces), pose=raw.to_scan.compose(Similarity(1000.0, np.eye(3), np.zeros(3))))
+    err = np.linalg.norm(raw.to_scan.inverse().apply(posed.vertices) - truth, axis=1)
+    assert posed.converged and err[generator.regions["face"]].mean() < 3.0
+
+
 def test_a_model_without_triangles_fits_on_its_points(synth_model, generator):
     """A point distribution model (a statismo file without cells): its vertices have no
     normals, so every pair passes the normal test and the scan's normals give the

@@ -31,6 +31,7 @@ from ssm.fitting.uncertainty import fit_stddev
 from ssm.geometry.similarity import Similarity, fit_similarity
 from ssm.geometry.torch_ops import smooth_uncertain
 from ssm.io.units import MM_PER_UNIT, check_head_units, mm_per_unit
+from ssm.models.model_units import in_millimetres, scaled_model
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,14 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
         config: FitConfig | None = None, expression_model: ShapeModel | None = None) -> FitResult:
     """Fit ``model`` to a raw scan.
 
-    model : a ShapeModel in mm.
+    model : a ShapeModel, normally in mm; a model in other units (declared, or seen from
+        the size of its mean: :func:`ssm.models.model_units.model_mm_per_unit`) is fitted
+        scaled to mm, and the result is in mm (``FitResult.model_mm_per_unit`` says by
+        how much it was scaled).
     scan : path (mesh or point cloud), :class:`Scan`, (vertices, faces) tuple or (P, 3) array.
     landmarks : path (CSV / LJSON / scalismo JSON), LandmarkPoints, or (L, 3) array in the
         model's landmark order (NaN rows missing); scan frame and units.
-    pose : initial model -> scan transform, (4, 4) array or path of a text file.
+    pose : initial model -> scan transform (model units), (4, 4) array or path of a text file.
     units : the scan's units ("mm", "cm", "m", ...) or "auto" to estimate the scale.
     device : "auto" | "cpu" | "cuda": where the closest-point searches (the bulk of the
         fit's time on a CPU), the model fit's basis products and the final smoothing run;
@@ -124,12 +128,18 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     t_start = time.perf_counter()
     if expression_model is not None:
         check_expression_model(model, expression_model)
+    # the fit works in mm: a model in other units (FLAME's metres) is scaled to mm
+    model, model_mm = in_millimetres(model)
+    if model_mm != 1.0 and expression_model is not None:
+        expression_model = scaled_model(expression_model, model_mm)
     sc = _as_scan(scan)
     lms = _as_landmarks(model, landmarks)
     if lms is not None:
         check_landmarks_on_scan(lms.points, sc.tree, sc.diagonal,
                                 str(landmarks) if isinstance(landmarks, (str, os.PathLike)) else "landmarks")
     init_pose = _as_pose(pose)
+    if init_pose is not None and model_mm != 1.0:  # given for the model's units: from mm
+        init_pose = init_pose.compose(Similarity(1.0 / model_mm, np.eye(3), np.zeros(3)))
     dev = device_name(device)
     sc = sc.on(dev)
     units_per_mm = None if units in (None, "auto") else 1.0 / mm_per_unit(units)
@@ -332,7 +342,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
                      rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs,
-                     neutral, dict(model.landmarks), colors)
+                     neutral, dict(model.landmarks), colors, model_mm)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

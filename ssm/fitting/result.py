@@ -43,6 +43,9 @@ class FitResult:
     vertex_colors : (N, 3) float32 RGB in [0, 1], the scan's colours on the fit (filled
         smoothly where the scan did not see it; :mod:`ssm.fitting.color_transfer`), or
         None for a scan without colours.
+    model_mm_per_unit : 1 for a model in mm; for a model in other units, the factor it
+        was scaled to mm by for the fit (:mod:`ssm.models.model_units`): every "model
+        frame" array above and the pose are then in mm, not in the model's units.
     """
 
     vertices: np.ndarray
@@ -65,6 +68,7 @@ class FitResult:
     neutral_model: np.ndarray | None = None
     landmark_vertices: Mapping[str, int] = field(default_factory=dict)
     vertex_colors: np.ndarray | None = None
+    model_mm_per_unit: float = 1.0
 
     @property
     def vertex_attributes(self) -> dict:
@@ -99,6 +103,7 @@ class FitResult:
             "message": self.message,
             "units": self.units,
             "units_estimated": self.units_estimated,
+            "model_mm_per_unit": self.model_mm_per_unit,
             "pose_model_to_scan": self.pose.matrix().tolist(),
             "scale": self.pose.scale,
             "coefficients": [float(c) for c in self.coefficients],
