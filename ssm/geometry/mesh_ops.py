@@ -103,6 +103,9 @@ def weld_vertices(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     key = np.zeros(len(v), np.uint64)  # a 64-bit hash of the coordinates: sorts 10x faster than rows
     for c in range(bits.shape[1]):
         key = (key ^ bits[:, c]) * np.uint64(0x100000001B3)
+    ordered = np.sort(key)
+    if not np.any(ordered[1:] == ordered[:-1]):  # nothing coincides (most scans): no stable argsort
+        return np.arange(len(v)), np.arange(len(v))
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if not np.array_equal(v[first[inverse]], v):  # a hash collision (never seen): compare rows
