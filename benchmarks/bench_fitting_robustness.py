@@ -6,11 +6,12 @@ rigid pose), then one thing changed at a time: a point cloud instead of a mesh (
 or without the normals a scanner writes, or with normals saved without their sides; 68,
 7 or no landmarks), one camera turned 45 or 80 degrees (a three-quarter view, a profile:
 the other side of the face unseen but scored), more noise or outliers, metres, coarser
-sampling, wrong landmarks, large holes, a mesh written with inverted winding, a wall behind the head, hair over the scalp (18 mm, with
-a fringe: the scanner sees the hair, the truth is the skin), head and shoulders (a torso
-under the neck, seen by a wider camera), a whole body (the head a tenth of the scan), a
-subject with more surface detail outside the model (bumps of 3 mm instead of 0.8 mm: the
-identity model spans less of the face).
+sampling, wrong landmarks, large holes, a mesh written with inverted winding, a wall
+behind the head, hair over the scalp (18 mm, with a fringe: the scanner sees the hair,
+the truth is the skin), head and shoulders (a torso under the neck, seen by a wider
+camera), a whole body (the head a tenth of the scan), a subject with more surface detail
+outside the model (bumps of 3 mm instead of 0.8 mm: the identity model spans less of the
+face).
 Scored: mean per-vertex correspondence error on the narrow face (mm) and wall time, next
 to the standard case.
 

@@ -32,9 +32,8 @@ def model_mm_per_unit(model: ShapeModel) -> float:
     Basel 2009 model in micrometres: 250,000); otherwise the declared unit (a model of
     something other than a head, left as it is).
     """
-    declared = MM_PER_UNIT.get(str(model.units).lower(), 1.0)
-    mean = np.asarray(model.mean, np.float64)
-    diagonal = float(np.linalg.norm(mean.max(0) - mean.min(0)))
+    declared = _declared_mm_per_unit(model)
+    diagonal = _diagonal(model)
     lo, hi = HEAD_DIAGONAL_MM
     if lo <= diagonal * declared <= hi:
         return declared
@@ -48,21 +47,29 @@ def in_millimetres(model: ShapeModel) -> tuple[ShapeModel, float]:
     """``model`` in mm and the factor (mm per model unit, :func:`model_mm_per_unit`) it
     was scaled by: the model itself when it already is (factor 1), else
     :func:`scaled_model`, cached on ``model`` (a cache, not state: a batch fits one model
-    to many scans)."""
+    to many scans). A unit other than the declared one is logged as a warning."""
     factor = model_mm_per_unit(model)
     if factor == 1.0:
         return model, 1.0
     cache = model.__dict__.get("_in_millimetres")
     if cache is None:
-        if factor != MM_PER_UNIT.get(str(model.units).lower(), 1.0):
-            mean = np.asarray(model.mean, np.float64)
-            log.warning("the model is %.3g %s across, too %s for a head in %s: fitted as %g mm per unit "
-                        "(results in mm)", float(np.linalg.norm(mean.max(0) - mean.min(0))), model.units,
-                        "small" if factor > MM_PER_UNIT.get(str(model.units).lower(), 1.0) else "large",
-                        model.units, factor)
+        declared = _declared_mm_per_unit(model)
+        if factor != declared:
+            log.warning("the model is %.3g %s across, too %s for a head: fitted as %g mm per unit (results in mm)",
+                        _diagonal(model), model.units, "small" if factor > declared else "large", factor)
         cache = scaled_model(model, factor)
         object.__setattr__(model, "_in_millimetres", cache)
     return cache, factor
+
+
+def _declared_mm_per_unit(model: ShapeModel) -> float:
+    return MM_PER_UNIT.get(str(model.units).lower(), 1.0)
+
+
+def _diagonal(model: ShapeModel) -> float:
+    """The bounding-box diagonal of the model's mean, model units."""
+    mean = np.asarray(model.mean, np.float64)
+    return float(np.linalg.norm(mean.max(0) - mean.min(0)))
 
 
 def scaled_model(model: ShapeModel, factor: float) -> ShapeModel:
