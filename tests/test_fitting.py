@@ -349,6 +349,19 @@ def test_landmark_names_and_aliases_match():
         match_landmarks(model_lms, LandmarkPoints(np.zeros((1, 3)), ("elbow",)))
 
 
+def test_landmarks_numbered_from_one_are_read_as_ibug_points():
+    """68 rows named 1..68 (the iBUG charts' numbering) are the iBUG points 0..67; rows
+    named 0..67, or a subset without 68, are 0-based."""
+    model_lms = {f"ibug{i:02d}": 100 + i for i in range(68)}
+    pts = np.arange(68 * 3.0).reshape(68, 3)
+    one = match_landmarks(model_lms, LandmarkPoints(pts, tuple(str(i + 1) for i in range(68))))
+    assert list(one.vertex) == [100 + i for i in range(68)]
+    zero = match_landmarks(model_lms, LandmarkPoints(pts, tuple(str(i) for i in range(68))))
+    assert list(zero.vertex) == [100 + i for i in range(68)]
+    subset = match_landmarks(model_lms, LandmarkPoints(pts[:2], ("37", "46")))
+    assert list(subset.vertex) == [137, 146]
+
+
 def test_landmarks_by_model_vertex():
     """Rows named 'vertex N' are model vertex N with any model; with a model without named
     landmarks (a statismo / scalismo file) plain integer names are vertex indices."""

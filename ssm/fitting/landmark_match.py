@@ -6,7 +6,8 @@ indices map to the same iBUG index (for a model without iBUG names a plain index
 position in the model's landmark list), so a file saying "right eye outer" matches a model
 landmark called ``ibug36`` or ``right_eye_outer``. Unnamed rows are taken in the model's
 landmark order (NaN rows = missing), or as iBUG-68 order when there are 68 of them and
-the model names iBUG points.
+the model names iBUG points. Rows named by bare numbers are 0-based iBUG indices, unless
+68 is among them and 0 is not: then they count from 1, as the iBUG charts do.
 
 Rows named ``vertex 123`` (``vertex_123``, ``vertex:123``) are model vertex 123 with any
 model; with a model that has no named landmarks (statismo / scalismo files, the Basel
@@ -15,6 +16,7 @@ model) plain integer names are vertex indices too, as scalismo users give point 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -22,6 +24,8 @@ import numpy as np
 
 from ssm.errors import InputFileError
 from ssm.io.landmarks import LandmarkPoints
+
+log = logging.getLogger(__name__)
 
 #: common names of iBUG-68 points (0-based indices; "right" = the subject's right)
 IBUG_ALIASES = {
@@ -50,6 +54,16 @@ def ibug_index(name: str) -> int | None:
     if m and int(m.group(1)) < 68:
         return int(m.group(1))
     return IBUG_ALIASES.get(s)
+
+
+def one_based_ibug(names: list[str]) -> bool:
+    """Whether rows named by bare numbers count the iBUG-68 points from 1 (as the scheme's
+    own charts do): all numbers, 68 among them, no 0. Numbers 0-67 are taken as
+    0-based; a subset without 68 cannot tell and is read 0-based too."""
+    if not names or not all(n.strip().isdigit() for n in names):
+        return False
+    numbers = [int(n) for n in names]
+    return max(numbers) == 68 and min(numbers) >= 1
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,11 @@ def match_landmarks(model_landmarks: dict[str, int], lp: LandmarkPoints, path: s
         by_norm = {normalise_name(n): n for n in names}
         by_ibug = {ibug_index(n): n for n in names if ibug_index(n) is not None}
         unknown = []
-        for row, raw in enumerate(lp.names):
+        rows_named = list(lp.names)
+        if by_ibug and one_based_ibug(rows_named):
+            log.warning("%s: landmarks numbered 1-68 are taken as the iBUG points' 1-based numbers", path)
+            rows_named = [str(int(n) - 1) for n in rows_named]
+        for row, raw in enumerate(rows_named):
             v = vertex_name(raw)
             if v is None and not names and raw.strip().isdigit():
                 v = int(raw)  # no model landmarks to index: a point id, as scalismo users give them
