@@ -93,6 +93,28 @@ def test_stl_scans_are_welded_so_only_real_borders_are_borders(tmp_path, kind):
     assert scan.boundary.sum() == truth.boundary.sum() > 0
 
 
+@pytest.mark.parametrize("copy", ["twice", "double-sided"])
+def test_repeated_faces_are_dropped_so_borders_stay_borders(copy):
+    """Every triangle written twice, or with its reverse (a double-sided export), shares
+    each edge among four faces: the borders would vanish (a frontal ICT scan fitted 1.0
+    instead of 0.42 mm off when double-sided)."""
+    import trimesh
+
+    from ssm.fitting.scan import scan_from_arrays
+    from ssm.geometry.mesh_ops import first_of_repeated_faces
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=80.0)
+    faces = sphere.faces[(sphere.vertices[:, 2] > -40.0)[sphere.faces].all(1)]  # a cap with one border
+    again = faces if copy == "twice" else faces[:, ::-1]
+    both = np.vstack([faces, np.roll(again, 1, axis=1)])  # the repeats start at another corner
+    keep = first_of_repeated_faces(both)
+    assert keep[:len(faces)].all() and not keep[len(faces):].any()
+    truth = scan_from_arrays(sphere.vertices, faces)
+    scan = scan_from_arrays(sphere.vertices, both)
+    np.testing.assert_array_equal(scan.faces, truth.faces)
+    assert scan.boundary.sum() == truth.boundary.sum() > 0
+
+
 @pytest.mark.parametrize("ascii_", [False, True])
 def test_ply_point_cloud_normals_are_read_and_used(tmp_path, points, ascii_):
     """Scanners write normals facing the sensor: they are kept (and the cloud counts as

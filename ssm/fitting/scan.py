@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from ssm.errors import InputFileError
 from ssm.geometry import nearest
 from ssm.geometry.mesh_ops import (boundary_vertices, component_labels, edge_counts, face_normals,
-                                   vertex_normals, weld_vertices)
+                                   first_of_repeated_faces, vertex_normals, weld_vertices)
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
@@ -167,7 +167,8 @@ def scan_from_arrays(points: np.ndarray, faces: np.ndarray | None = None, normal
     fn = None
     if len(f):
         fn = face_normals(p, f)
-        keep = (fn ** 2).sum(1) > 0  # degenerate (zero-area) faces carry no surface
+        # degenerate (zero-area) faces carry no surface; repeated ones hide the borders
+        keep = ((fn ** 2).sum(1) > 0) & first_of_repeated_faces(f)
         f, fn = f[keep], fn[keep]
     tree = scan_tree(p)
     suspects = None  # points the stray test looks at (None: all)

@@ -120,6 +120,29 @@ def weld_vertices(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inverse]
 
 
+def first_of_repeated_faces(faces: np.ndarray) -> np.ndarray:
+    """(F,) bool, True for each face but the repeats of an earlier one on the same three
+    vertices, in any order or winding.
+
+    Some exporters write every triangle twice, or a double-sided mesh as each triangle and
+    its reverse: the edges are then shared by four faces, and the surface's real borders
+    (a scan's holes and rim, which the fit must not be pulled to) vanish.
+    """
+    f = np.sort(np.asarray(faces, dtype=np.int64), axis=1)
+    keep = np.ones(len(f), bool)
+    if len(f) < 2:
+        return keep
+    key = f[:, 0].astype(np.uint64)  # a 64-bit hash of the sorted corners: one sort says if any repeat
+    for c in (1, 2):
+        key = (key * np.uint64(0x100000001B3)) ^ f[:, c].astype(np.uint64)
+    if np.all(np.diff(np.sort(key)) != 0):
+        return keep
+    order = np.lexsort((np.arange(len(f)), f[:, 2], f[:, 1], f[:, 0]))  # equal rows together, first one first
+    same = np.all(f[order[1:]] == f[order[:-1]], axis=1)
+    keep[order[1:][same]] = False
+    return keep
+
+
 def vertex_adjacency(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
     """(N, N) symmetric 0/1 adjacency ``A`` of the mesh edges (zero diagonal)."""
     e = edges(faces)
