@@ -93,6 +93,21 @@ def test_stl_scans_are_welded_so_only_real_borders_are_borders(tmp_path, kind):
     assert scan.boundary.sum() == truth.boundary.sum() > 0
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_ply_cloud_normals_named_as_pcl_writes_them(tmp_path, points, binary):
+    """PCL's PLY writer names normals normal_x, normal_y, normal_z (and adds curvature)."""
+    p, n = points
+    rows = np.hstack([p, n, np.zeros((len(p), 1))]).astype(np.float32)
+    head = (f"ply\nformat {'binary_little_endian' if binary else 'ascii'} 1.0\nelement vertex {len(p)}\n"
+            + "".join(f"property float {c}\n" for c in ("x", "y", "z", "normal_x", "normal_y", "normal_z", "curvature"))
+            + "end_header\n")
+    body = rows.tobytes() if binary else "".join(" ".join(f"{x:.6f}" for x in r) + "\n" for r in rows).encode()
+    (tmp_path / "pcl.ply").write_bytes(head.encode() + body)
+    data = read_mesh(tmp_path / "pcl.ply", allow_points=True)
+    np.testing.assert_allclose(data.vertices, p, atol=1e-4)
+    np.testing.assert_allclose(data.normals, n, atol=1e-5)
+
+
 @pytest.mark.parametrize("copy", ["twice", "double-sided"])
 def test_repeated_faces_are_dropped_so_borders_stay_borders(copy):
     """Every triangle written twice, or with its reverse (a double-sided export), shares

@@ -118,14 +118,16 @@ def _read_trimesh(path: Path, read_colors: bool = False) -> MeshData:
         texture = _read_texture(path, loaded, vertices, faces)
         colors = _trimesh_colors(loaded, len(vertices)) if texture is None else None
     normals = None
-    if not len(faces):  # a PLY point cloud keeps its normals (nx, ny, nz) in the raw vertex data
+    if not len(faces):  # a PLY point cloud keeps its normals in the raw vertex data
         raw = (getattr(loaded, "metadata", None) or {}).get("_ply_raw", {}).get("vertex", {}).get("data")
         # binary PLY: a structured array; ASCII PLY: a dict of columns
         names = tuple(raw) if isinstance(raw, dict) else (getattr(getattr(raw, "dtype", None), "names", None) or ())
-        if all(c in names for c in ("nx", "ny", "nz")):
-            cols = [np.asarray(raw[c], dtype=np.float64).ravel() for c in ("nx", "ny", "nz")]
-            if all(len(c) == len(vertices) for c in cols):
-                normals = np.column_stack(cols)
+        for axes in (("nx", "ny", "nz"), ("normal_x", "normal_y", "normal_z")):  # Open3D / MeshLab; PCL
+            if all(c in names for c in axes):
+                cols = [np.asarray(raw[c], dtype=np.float64).ravel() for c in axes]
+                if all(len(c) == len(vertices) for c in cols):
+                    normals = np.column_stack(cols)
+                break
     return MeshData(vertices, faces, normals, colors, texture)
 
 
