@@ -32,6 +32,7 @@ from ssm.geometry.mesh_ops import component_labels
 from ssm.geometry.nearest import DevicePoints, TreePoints, point_index
 from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_steps
 from ssm.io.units import HEAD_DIAGONAL_MM
+from ssm.models.model_units import mean_diagonal
 from ssm.models.shape_model import ShapeModel
 
 WINDOWS = 6  # k-means patches of the scan searched for a head within more (window_starts)
@@ -246,7 +247,7 @@ def body_scales(model: ShapeModel, scan: Scan) -> list[float]:
     if len(good) < 50:
         return []
     size = _spread(scan.points[good])
-    least = BODY_SIZE * _model_size(model)
+    least = BODY_SIZE * mean_diagonal(model)
     return [1.0 / mm for mm in MM_PER_UNIT.values() if least <= size * mm <= BODY_MAX_MM]
 
 
@@ -270,11 +271,6 @@ def _spread(points: np.ndarray) -> float:
     return float(np.linalg.norm(hi - lo))
 
 
-def _model_size(model: ShapeModel) -> float:
-    """The diagonal of the model mean's bounding box, mm."""
-    return float(np.linalg.norm(np.ptp(np.asarray(model.mean, np.float64), axis=0)))
-
-
 def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: float) -> list[Similarity]:
     """Starts for a head that is a small part of a scan in known units (a whole body).
 
@@ -290,7 +286,7 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
     about 10 s saved where the other searches already had their chance.
     """
     good = _body_points(scan)
-    if len(good) < 50 or _spread(scan.points[good]) < BODY_SIZE * _model_size(model) * scale:
+    if len(good) < 50 or _spread(scan.points[good]) < BODY_SIZE * mean_diagonal(model) * scale:
         return []  # a head, or a head and shoulders: the other searches' business
     m = np.asarray(model.mean, np.float64)
     rng = np.random.default_rng(config.seed + 4)

@@ -90,6 +90,21 @@ def component_labels(n_points: int, pairs: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def _row_keys(columns: np.ndarray) -> np.ndarray:
+    """(R,) 64-bit hashes (FNV-style) of the rows of (R, C) uint64 ``columns``: equal rows
+    have equal keys, and one sort of the keys says whether any row repeats."""
+    key = np.zeros(len(columns), np.uint64)
+    for c in range(columns.shape[1]):
+        key = (key ^ columns[:, c]) * np.uint64(0x100000001B3)
+    return key
+
+
+def _any_repeat(keys: np.ndarray) -> bool:
+    """Whether any of the (R,) keys occurs twice."""
+    ordered = np.sort(keys)
+    return bool(np.any(ordered[1:] == ordered[:-1]))
+
+
 def weld_vertices(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge exactly coincident vertices, keeping the first of each in its order.
 
@@ -99,12 +114,8 @@ def weld_vertices(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     each old vertex); ``kept`` is ``arange(V)`` when nothing coincides.
     """
     v = np.ascontiguousarray(vertices, dtype=np.float64) + 0.0  # -0.0 -> 0.0, so both compare equal
-    bits = v.view(np.uint64).reshape(len(v), -1)
-    key = np.zeros(len(v), np.uint64)  # a 64-bit hash of the coordinates: sorts 10x faster than rows
-    for c in range(bits.shape[1]):
-        key = (key ^ bits[:, c]) * np.uint64(0x100000001B3)
-    ordered = np.sort(key)
-    if not np.any(ordered[1:] == ordered[:-1]):  # nothing coincides (most scans): no stable argsort
+    key = _row_keys(v.view(np.uint64).reshape(len(v), -1))  # sorts 10x faster than rows
+    if not _any_repeat(key):  # nothing coincides (most scans): no stable argsort
         return np.arange(len(v)), np.arange(len(v))
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
@@ -130,14 +141,9 @@ def first_of_repeated_faces(faces: np.ndarray) -> np.ndarray:
     """
     f = np.sort(np.asarray(faces, dtype=np.int64), axis=1)
     keep = np.ones(len(f), bool)
-    if len(f) < 2:
+    if not _any_repeat(_row_keys(f.astype(np.uint64))):  # of the sorted corners
         return keep
-    key = f[:, 0].astype(np.uint64)  # a 64-bit hash of the sorted corners: one sort says if any repeat
-    for c in (1, 2):
-        key = (key * np.uint64(0x100000001B3)) ^ f[:, c].astype(np.uint64)
-    if np.all(np.diff(np.sort(key)) != 0):
-        return keep
-    order = np.lexsort((np.arange(len(f)), f[:, 2], f[:, 1], f[:, 0]))  # equal rows together, first one first
+    order = np.lexsort((f[:, 2], f[:, 1], f[:, 0]))  # equal rows together (stable: the first one first)
     same = np.all(f[order[1:]] == f[order[:-1]], axis=1)
     keep[order[1:][same]] = False
     return keep

@@ -21,10 +21,10 @@ def mm_per_unit(units: str) -> float:
         raise ValueError(f"unknown units {units!r}; use one of {', '.join(MM_PER_UNIT)}") from None
 
 
-def guess_units(diagonal: float) -> str | None:
-    """The unit that makes a bounding-box diagonal look like a head, or None."""
+def guess_units(diagonal: float, units: tuple[str, ...] = ("mm", "cm", "m", "in")) -> str | None:
+    """The first of ``units`` that makes a bounding-box diagonal look like a head, or None."""
     lo, hi = HEAD_DIAGONAL_MM
-    for name in ("mm", "cm", "m", "in"):
+    for name in units:
         if lo <= diagonal * MM_PER_UNIT[name] <= hi:
             return name
     return None

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from ssm.io.units import HEAD_DIAGONAL_MM, MM_PER_UNIT
+from ssm.io.units import HEAD_DIAGONAL_MM, MM_PER_UNIT, guess_units
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,12 @@ def model_mm_per_unit(model: ShapeModel) -> float:
     something other than a head, left as it is).
     """
     declared = _declared_mm_per_unit(model)
-    diagonal = _diagonal(model)
+    diagonal = mean_diagonal(model)
     lo, hi = HEAD_DIAGONAL_MM
     if lo <= diagonal * declared <= hi:
         return declared
-    for unit in MODEL_UNITS:
-        if lo <= diagonal * MM_PER_UNIT[unit] <= hi:
-            return MM_PER_UNIT[unit]
-    return declared
+    guess = guess_units(diagonal, MODEL_UNITS)
+    return declared if guess is None else MM_PER_UNIT[guess]
 
 
 def in_millimetres(model: ShapeModel) -> tuple[ShapeModel, float]:
@@ -56,7 +54,7 @@ def in_millimetres(model: ShapeModel) -> tuple[ShapeModel, float]:
         declared = _declared_mm_per_unit(model)
         if factor != declared:
             log.warning("the model is %.3g %s across, too %s for a head: fitted as %g mm per unit (results in mm)",
-                        _diagonal(model), model.units, "small" if factor > declared else "large", factor)
+                        mean_diagonal(model), model.units, "small" if factor > declared else "large", factor)
         cache = scaled_model(model, factor)
         object.__setattr__(model, "_in_millimetres", cache)
     return cache, factor
@@ -66,7 +64,7 @@ def _declared_mm_per_unit(model: ShapeModel) -> float:
     return MM_PER_UNIT.get(str(model.units).lower(), 1.0)
 
 
-def _diagonal(model: ShapeModel) -> float:
+def mean_diagonal(model: ShapeModel) -> float:
     """The bounding-box diagonal of the model's mean, model units."""
     mean = np.asarray(model.mean, np.float64)
     return float(np.linalg.norm(mean.max(0) - mean.min(0)))
