@@ -5,8 +5,9 @@ step keeps the field's freedom where it was used."""
 
 import numpy as np
 
-from ssm.fitting.deformation_basis import (RELEVANCE_FLOOR, _neighbour_average, augmented_model, relevance,
-                                          smooth_deformation_basis)
+from ssm.fitting.config import FitConfig
+from ssm.fitting.deformation_basis import (FIELD_CACHE_SIZE, RELEVANCE_FLOOR, _neighbour_average, _whole_model_fields,
+                                          augmented_model, relevance, smooth_deformation_basis)
 from ssm.fitting.model_fit import basis_instance, scaled_basis
 from ssm.models.shape_model import ShapeModel
 
@@ -85,3 +86,24 @@ def test_relevance_follows_the_used_field():
     assert np.allclose(w[far], RELEVANCE_FLOOR)
     edge = np.abs(np.linalg.norm(x[:, :2] - 90.0, axis=1) - 40.0) < 3.0
     assert (w[edge] > 0.5).all() and (w[edge] < 2.6).all()
+
+
+def test_whole_model_fields_are_cached_per_length():
+    """The probe's 50 mm fields and the refit's shorter ones are kept apart (a shorter
+    length needs more fields), each computed once, and the cache stays bounded."""
+    n_side = 30
+    x = _sheet(n_side, 120.0)
+    i, j = np.meshgrid(np.arange(n_side - 1), np.arange(n_side - 1))
+    a = (j * n_side + i).ravel()
+    tri = np.concatenate([np.stack([a, a + 1, a + n_side + 1], 1), np.stack([a, a + n_side + 1, a + n_side], 1)])
+    model = ShapeModel(x, np.linalg.qr(np.random.default_rng(0).normal(size=(3 * len(x), 3)))[0],
+                       np.array([9.0, 4.0, 1.0]), triangles=tri)
+    cfg, c = FitConfig(), np.zeros(3)
+    long_f, long_aug = _whole_model_fields(model, cfg, 1.0, c, 50.0)
+    short_f, short_aug = _whole_model_fields(model, cfg, 1.0, c, 25.0)
+    assert short_f.shape[1] > long_f.shape[1] > 0
+    assert short_aug.n_components == 3 + 3 * short_f.shape[1]
+    again_f, again_aug = _whole_model_fields(model, cfg, 1.0, c, 50.0)
+    assert again_f is long_f and again_aug is long_aug
+    _whole_model_fields(model, cfg, 2.0, c, 50.0)
+    assert len(model.__dict__["_whole_model_fields"]) == FIELD_CACHE_SIZE

@@ -50,6 +50,10 @@ EIGEN_TOL = 1e-3  # eigenfunctions below this share of the largest eigenvalue ar
 RELEVANCE_SMOOTHING = 10
 RELEVANCE_FLOOR = 0.1
 PROBE_ITERATIONS = 2  # field_rms: joint iterations at the full prior
+# field_rms: the probe's correlation length (mm), which its gate
+# (FitConfig.expression_field_gate_mm) was measured with; the refit's is the config's
+PROBE_LENGTH_MM = 50.0
+FIELD_CACHE_SIZE = 2  # whole-model augmented bases kept on a model (the probe's, the refit's)
 
 
 def _gaussian(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
@@ -178,25 +182,30 @@ def relevance(average: sp.csr_matrix, field: np.ndarray, amplitude_mm: float) ->
     return np.maximum(m / amplitude_mm, RELEVANCE_FLOOR)
 
 
-def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray
-                        ) -> tuple[np.ndarray, ShapeModel]:
-    """The fields over the whole model (:func:`smooth_deformation_basis` with every vertex
-    in the region, around the instance of ``coeffs`` (K,)) and the model augmented with
-    them at ``amplitude_mm``. On a mesh they depend on the model alone, and are cached on
-    it (a cache, not state: the expression field's probe runs on every scan). The cache
-    holds float32 (N, 3, K + 3 M), about twice the model's own scaled basis (77 MB for
-    the 11k-vertex ICT head)."""
+def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray,
+                        length_mm: float) -> tuple[np.ndarray, ShapeModel]:
+    """The fields of correlation ``length_mm`` over the whole model
+    (:func:`smooth_deformation_basis` with every vertex in the region, around the instance
+    of ``coeffs`` (K,)) and the model augmented with them at ``amplitude_mm``. On a mesh
+    they depend on the model alone, and are cached on it per length and amplitude (a
+    cache, not state: the expression field's probe runs on every scan; at most
+    :data:`FIELD_CACHE_SIZE` entries). Each holds float32 (N, 3, K + 3 M): at 50 mm about
+    twice the model's own scaled basis (77 MB for the 11k-vertex ICT head), at 30 mm
+    about 2.6 times (132 MB)."""
     mesh = model.triangles is not None and len(model.triangles) > 0
-    key = (cfg.warp_basis_length_mm, amplitude_mm)
+    key = (length_mm, amplitude_mm)
     cache = model.__dict__.get("_whole_model_fields") if mesh else None
-    if cache is None or cache[0] != key:
-        fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
-                                          cfg.warp_basis_length_mm, cfg.warp_basis_taper_mm,
-                                          np.random.default_rng(cfg.seed + 3))
-        cache = (key, fields, augmented_model(model, fields, amplitude_mm))
+    if cache is None:
+        cache = {}
         if mesh:
             object.__setattr__(model, "_whole_model_fields", cache)
-    return cache[1], cache[2]
+    if key not in cache:
+        fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
+                                          length_mm, cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3))
+        while len(cache) >= FIELD_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = (fields, augmented_model(model, fields, amplitude_mm))
+    return cache[key]
 
 
 def vertex_rms(displacement: np.ndarray) -> float:
@@ -233,7 +242,7 @@ def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfi
     hair, busts) and 1.8-2.1 mm with an expression (jaw open, smile, brows raised); see
     :mod:`ssm.fitting.expression_field` for other expressions.
     """
-    _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
+    _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, PROBE_LENGTH_MM)
     _, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
                                          (1.0,), PROBE_ITERATIONS)
     return vertex_rms(start - identity)
@@ -257,7 +266,7 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     the field (N, 3) model frame, mm, and the number of field components (3 per field).
     """
     if region.all():
-        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs)
+        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm)
     else:
         fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
                                           cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3))

@@ -22,13 +22,17 @@ scalismo's augmented models), twice more with the field's per-vertex amplitude s
 what the last fit used (:data:`RELEVANCE_ROUNDS`, automatic relevance): the field gathers
 on the moved face and the identity is fitted by the rest. Below it the fit is left as it
 was. On the ICT expression cases (``benchmarks/bench_fitting.py``) this takes 7 landmarks
-from 2.12 to 1.19 mm and no landmarks from 2.20 to 1.24 mm; neutral scans are
-unchanged, for about 0.13 s more (the probe).
+from 2.21 to 1.12 mm and no landmarks from 2.26 to 1.13 mm (with a field of 50 mm
+instead of ``FitConfig.warp_basis_length_mm``'s 30: 1.19 and 1.23 mm); neutral scans are
+unchanged, for about 0.13 s more (the probe). The probe's field is always 50 mm long
+(:data:`ssm.fitting.deformation_basis.PROBE_LENGTH_MM`), the length its gate was
+measured with; the refit's is the config's.
 
 The gate cannot tell an expression from a neutral face that leaves the model in other
 ways: ICT subjects with 3 mm of surface detail outside the model (bumps of 12 mm; the
 model's projection of such a face is 0.6 mm off) probe at 1.0-1.7 mm, and where the field
-is then applied it costs them 0.45-0.65 mm (``benchmarks/bench_fitting_robustness.py``).
+is then applied it cost them 0.45-0.65 mm at 50 mm (``benchmarks/bench_fitting_robustness.py``;
+at 30 mm they fit to 1.45 / 1.69 mm with 7 landmarks / none, from 1.85 / 1.75 at 50).
 Neither the field fit's gain in scan residual nor the share of the field on the face
 separates the two (both overlap on the cases above).
 """
