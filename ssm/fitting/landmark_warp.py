@@ -26,13 +26,14 @@ landmarks still disagree with is added, and the result is the start of non-rigid
 which refines it along the normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
 landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
-from 1.87 to 0.96 mm (1.01 with a field of 50 mm instead of 30) (10 subjects, before the benchmark's expression raised the brows:
-1.83 to 1.07 mm); neutral scans fit as before. The relevance rounds that help the
-expression field (:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm
-over 10 subjects): the landmarks' region already keeps the field off the rest. Fitting
-the identity without the region instead (which loses the region's data) gave 1.39 mm; a
-field whose correlation follows space rather than the skin (it ties the two lips
-together) gave 1.20 mm.
+from 1.87 to 0.96 mm (1.01 with a field of 50 mm instead of 30; at 50 mm over 10
+subjects, before the benchmark's expression raised the brows: 1.83 to 1.07 mm); neutral
+scans fit as before. The relevance rounds that help the expression field
+(:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm over 10
+subjects; at 30 mm, 0.96 -> 0.97 over 4): the landmarks' region already keeps the field
+off the rest. Fitting the identity without the region instead (which loses the region's
+data) gave 1.39 mm; a field whose correlation follows space rather than the skin (it
+ties the two lips together) gave 1.20 mm.
 """
 
 from __future__ import annotations
