@@ -62,7 +62,8 @@ class FitConfig:
         no landmarks, 4 subjects), four other expressions (smile and cheeks; one-sided
         smile, squint and brow; open jaw, pucker, puffed cheeks; frown, sneer and brows
         down; 2 subjects each) 1.03 / 1.26 / 1.42 -> 0.96 / 1.14 / 1.31 mm, faces with
-        3 mm of detail outside the model 1.07 / 1.85 / 1.75 -> 1.07 / 1.45 / 1.69 mm;
+        3 mm of detail outside the model 1.07 / 1.85 / 1.75 -> 1.07 / 1.45 / 1.69 mm
+        (1.07 / 1.37 / 1.37 with ``expression_field_mm=0``);
         25 mm is no better. Shorter lengths need more manifold harmonics: a one-off
         eigensolve per model of about 4 s at 30 mm (1 s at 50) on a 2-core machine;
         warp_basis_taper_mm : how far outside the region it fades (Gaussian).

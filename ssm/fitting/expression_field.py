@@ -32,7 +32,8 @@ The gate cannot tell an expression from a neutral face that leaves the model in 
 ways: ICT subjects with 3 mm of surface detail outside the model (bumps of 12 mm; the
 model's projection of such a face is 0.6 mm off) probe at 1.0-1.7 mm, and where the field
 is then applied it cost them 0.45-0.65 mm at 50 mm (``benchmarks/bench_fitting_robustness.py``;
-at 30 mm they fit to 1.45 / 1.69 mm with 7 landmarks / none, from 1.85 / 1.75 at 50).
+at 30 mm they fit to 1.45 / 1.69 mm with 7 landmarks / none, from 1.85 / 1.75 at 50,
+against 1.37 / 1.37 mm without the field).
 Neither the field fit's gain in scan residual nor the share of the field on the face
 separates the two (both overlap on the cases above).
 """
