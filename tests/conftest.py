@@ -20,6 +20,13 @@ def shared_file(rel: str) -> Path:
     return p
 
 
+def grid_triangles(nu: int, nv: int) -> np.ndarray:
+    """(2 (nu-1)(nv-1), 3) triangles of an nu x nv vertex grid (row-major, u fastest)."""
+    i, j = np.meshgrid(np.arange(nu - 1), np.arange(nv - 1))
+    a = (j * nu + i).ravel()
+    return np.concatenate([np.stack([a, a + 1, a + nu + 1], 1), np.stack([a, a + nu + 1, a + nu], 1)])
+
+
 @pytest.fixture(scope="session")
 def generator():
     from ssm.demo.synthetic_heads import make_generator

@@ -4,6 +4,7 @@ the augmented model keeps the identity's components and coefficients, and the re
 step keeps the field's freedom where it was used."""
 
 import numpy as np
+from conftest import grid_triangles
 
 from ssm.fitting.config import FitConfig
 from ssm.fitting.deformation_basis import (FIELD_CACHE_SIZE, RELEVANCE_FLOOR, _neighbour_average, _whole_model_fields,
@@ -92,10 +93,8 @@ def test_whole_model_fields_are_cached_per_length():
     """The probe's 50 mm fields and the refit's shorter ones are kept apart (a shorter
     length needs more fields), each computed once, and the cache stays bounded."""
     n_side = 30
-    x = _sheet(n_side, 120.0)
-    i, j = np.meshgrid(np.arange(n_side - 1), np.arange(n_side - 1))
-    a = (j * n_side + i).ravel()
-    tri = np.concatenate([np.stack([a, a + 1, a + n_side + 1], 1), np.stack([a, a + n_side + 1, a + n_side], 1)])
+    x = _sheet(n_side, 120.0)  # u fastest, as grid_triangles numbers its vertices
+    tri = grid_triangles(n_side, n_side)
     model = ShapeModel(x, np.linalg.qr(np.random.default_rng(0).normal(size=(3 * len(x), 3)))[0],
                        np.array([9.0, 4.0, 1.0]), triangles=tri)
     cfg, c = FitConfig(), np.zeros(3)

@@ -2,17 +2,11 @@
 
 import numpy as np
 import trimesh
+from conftest import grid_triangles
 
 from ssm.fitting.deformation_basis import heat_kernel_fields, smooth_deformation_basis
 from ssm.geometry.mesh_spectrum import low_harmonics
 from ssm.models.shape_model import ShapeModel
-
-
-def grid_triangles(nu: int, nv: int) -> np.ndarray:
-    """(2 (nu-1)(nv-1), 3) triangles of an nu x nv vertex grid (row-major, u fastest)."""
-    i, j = np.meshgrid(np.arange(nu - 1), np.arange(nv - 1))
-    a = (j * nu + i).ravel()
-    return np.concatenate([np.stack([a, a + 1, a + nu + 1], 1), np.stack([a, a + nu + 1, a + nu], 1)])
 
 
 def test_sphere_spectrum_is_l_l_plus_1_over_r2():
