@@ -281,6 +281,8 @@ def fit(
                                               "without it; fit.ply marks those vertices 'occluded'."),
     landmark_warp: bool = typer.Option(True, help="With 20+ landmarks, follow them where they agree the model "
                                                   "fit is off (an expression an identity model does not span)."),
+    mirror_field: bool = typer.Option(True, help="When the deformation field the fit finds is mostly symmetric "
+                                                 "(a smile on both sides), refit it with its two sides correlated."),
     expression_field: str = typer.Option("auto", help="With fewer than 20 landmarks, a smooth deformation field "
                                                       "over the whole model for what an identity model does not "
                                                       "span (an expression): auto (when a quick probe finds the "
@@ -329,7 +331,7 @@ def fit(
         gates["expression_field_gate_mm"] = 0.0
     if expression_model == "on":
         gates["expression_model_gate_mm"] = 0.0
-    cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion,
+    cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion, mirror_field=mirror_field,
                               expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
                               **gates)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:

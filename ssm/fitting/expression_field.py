@@ -22,8 +22,11 @@ scalismo's augmented models), twice more with the field's per-vertex amplitude s
 what the last fit used (:data:`RELEVANCE_ROUNDS`, automatic relevance): the field gathers
 on the moved face and the identity is fitted by the rest. Below it the fit is left as it
 was. On the ICT expression cases (``benchmarks/bench_fitting.py``) this takes 7 landmarks
-from 2.21 to 1.12 mm and no landmarks from 2.26 to 1.13 mm (with a field of 50 mm
-instead of ``FitConfig.warp_basis_length_mm``'s 30: 1.19 and 1.23 mm); neutral scans are
+from 2.21 to 1.06 mm and no landmarks from 2.26 to 1.09 mm, the rounds correlating the
+field's two sides when the first fit's field is mostly symmetric
+(:func:`ssm.fitting.deformation_basis.mirror_correlation`; without that, 1.12 and 1.13
+mm; with a field of 50 mm instead of ``FitConfig.warp_basis_length_mm``'s 30, 1.19 and
+1.23 mm); neutral scans are
 unchanged, for about 0.13 s more (the probe). The probe's field is always 50 mm long
 (:data:`ssm.fitting.deformation_basis.PROBE_LENGTH_MM`), the length its gate was
 measured with; the refit's is the config's.
@@ -79,11 +82,12 @@ def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, 
     fitted = None
     if applied:
         region = np.ones(model.n_vertices, bool)
-        state, start, n_fields = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
-                                                fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS)
+        state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
+                                                            fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS)
         x = model.instance(state.coeffs)
         fitted = (state, x, start)
-        extra.update(deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4))
+        extra.update(deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4),
+                     mirror_correlation=round(mirror_rho, 4))
     corr = state.correspondences
     mean, med = residual_stats([] if corr is None else corr.distance_mm)
     return fitted, StageReport("expression_field", time.perf_counter() - t0, mean, med,

@@ -16,7 +16,7 @@ every scan, the expression basis cost the neutral cases 0.45 -> 0.68 mm (68 land
 with the probe the neutral cases stay at 0.45 / 0.55 / 0.56 mm (68 / 7 / no landmarks)
 and the expression cases go from 1.01 / 1.19 / 1.24 to 0.60 / 0.67 / 0.65 mm
 (``benchmarks/bench_fitting.py``; without the expression model, with the generic field
-of 30 mm that came later: 0.96 / 1.12 / 1.13 mm).
+of 30 mm and its mirror correlation that came later: 0.91 / 1.06 / 1.09 mm).
 """
 
 from __future__ import annotations

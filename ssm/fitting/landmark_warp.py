@@ -26,9 +26,10 @@ landmarks still disagree with is added, and the result is the start of non-rigid
 which refines it along the normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
 landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
-from 1.87 to 0.96 mm (1.01 with a field of 50 mm instead of 30; at 50 mm over 10
-subjects, before the benchmark's expression raised the brows: 1.83 to 1.07 mm); neutral
-scans fit as before. The relevance rounds that help the expression field
+from 1.87 to 0.91 mm (0.96 without the field's mirror correlation,
+:func:`ssm.fitting.deformation_basis.mirror_correlation`; 1.01 with a field of 50 mm
+instead of 30; at 50 mm over 10 subjects, before the benchmark's expression raised the
+brows: 1.83 to 1.07 mm); neutral scans fit as before. The relevance rounds that help the expression field
 (:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm over 10
 subjects; at 30 mm, 0.96 -> 0.97 over 4): the landmarks' region already keeps the field
 off the rest. Fitting the identity without the region instead (which loses the region's
@@ -185,12 +186,12 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     start, final = x, warp
     if refit:
         amplitude = max(warp.amplitude_mm, 1.0)
-        state, start, n_fields = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep, fixed_scale,
-                                                occluded)
+        state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep,
+                                                            fixed_scale, occluded)
         x = model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
         extra.update(deformation_components=int(n_fields),
-                     deformation_amplitude_mm=round(amplitude, 4),
+                     deformation_amplitude_mm=round(amplitude, 4), mirror_correlation=round(mirror_rho, 4),
                      deformation_rms_mm=round(vertex_rms(start - x), 4),
                      residual_warp_max_mm=round(float(final.magnitude.max()), 4))
     # residuals: the accepted landmarks' distances to the warped fit (to the fit when not applied)
