@@ -622,6 +622,7 @@ def test_fit_cli_writes_outputs_and_flags_errors(synth_model, generator, tmp_pat
         d = json.loads((tmp_path / "out" / sub / "fit.json").read_text())
         assert d["converged"] and d["units"] == "mm" and not d["units_estimated"]
         assert {s["name"] for s in d["stages"]} >= {"landmark_init", "model_fit", "nicp"}
+        assert 0.9 <= d["scan_within_2.5mm"] <= 1.0, d["scan_within_2.5mm"]  # the fit covers the scan
         import trimesh
 
         mesh = trimesh.load(tmp_path / "out" / sub / "fit.ply", process=False)

@@ -360,7 +360,7 @@ def fit(
     from rich.table import Table
 
     table = Table(title=f"Fits with {model.name}")
-    for col in ("scan", "status", "median dist (mm)", "seconds", "output"):
+    for col in ("scan", "status", "scan within 2.5 mm", "seconds", "output"):
         table.add_column(col)
     for r in rows:
         table.add_row(*r)

@@ -64,7 +64,8 @@ class ScanJob:
 
 @dataclass(frozen=True)
 class ScanOutcome:
-    """row : (scan, status, median distance mm, seconds, output or error) for the table;
+    """row : (scan, status, share of the scan within 2.5 mm of the fit, seconds, output or
+    error) for the table;
     failed : counts towards the exit code; note : a line for the console (a fit that did
     not converge); error : a line for stderr (without the leading ``error: ``)."""
 
@@ -92,9 +93,8 @@ def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutc
         write_fit(res, job.dest, sc, info, uv_layout, opts.texture_size)
         if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
             _fuse_maps(model, res, job, opts)
-        d = res.summary()["distance_to_scan_mm"]
-        row = (name, "ok" if res.converged else "NOT CONVERGED", f"{d['median']:.3f}", f"{res.seconds:.2f}",
-               str(job.dest))
+        explained = "-" if res.scan_explained is None else f"{res.scan_explained:.0%}"
+        row = (name, "ok" if res.converged else "NOT CONVERGED", explained, f"{res.seconds:.2f}", str(job.dest))
         if res.converged:
             return ScanOutcome(row, False)
         return ScanOutcome(row, True, note=f"{job.scan}: {res.message} (written to {job.dest}, flagged in fit.json)")

@@ -342,7 +342,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     log.info("fit done in %.2f s", time.perf_counter() - t_start)
     return FitResult(verts_scan, x, x_model, model.triangles, pose, state.coeffs, dist, tuple(stages), lm_err,
                      rejected, units_name, estimated, converged, message, stddev, occluded, expression_coeffs,
-                     neutral, dict(model.landmarks), colors, model_mm)
+                     neutral, dict(model.landmarks), colors, model_mm, explained)
 
 
 def refine_pose(model: ShapeModel, scan: Scan, pose: Similarity, x: np.ndarray, cfg: FitConfig,

@@ -46,6 +46,10 @@ class FitResult:
     model_mm_per_unit : 1 for a model in mm; for a model in other units, the factor it
         was scaled to mm by for the fit (:mod:`ssm.models.model_units`): every "model
         frame" array above and the pose are then in mm, not in the model's units.
+    scan_explained : share of the scan's points (a sample of up to 5,000, stray points
+        left out) within 2.5 mm of the fitted surface, or None when not measured: how
+        well the fit covers what was scanned (``distance_mm`` is large on the parts of
+        the model the scan did not see, the back of a head behind a frontal scan).
     """
 
     vertices: np.ndarray
@@ -69,6 +73,7 @@ class FitResult:
     landmark_vertices: Mapping[str, int] = field(default_factory=dict)
     vertex_colors: np.ndarray | None = None
     model_mm_per_unit: float = 1.0
+    scan_explained: float | None = None
 
     @property
     def vertex_attributes(self) -> dict:
@@ -116,6 +121,7 @@ class FitResult:
                 "p95": float(np.quantile(finite, 0.95)) if finite.size else None,
                 "within_1mm": float((finite < 1.0).mean()) if finite.size else None,
             },
+            "scan_within_2.5mm": self.scan_explained,
             "stddev_mm": None if self.stddev_mm is None else {
                 "median": float(np.nanmedian(self.stddev_mm)),
                 "median_where_seen": float(np.nanmedian(self.stddev_mm[d < 1.0])) if (d < 1.0).any() else None,
