@@ -293,9 +293,10 @@ def mirror_correlation(model: ShapeModel, displacement: np.ndarray, cfg: FitConf
     capped at :data:`MIRROR_RHO_MAX`, or 0 under :data:`MIRROR_RHO_MIN`, for a model
     without a mirror symmetry (:func:`model_mirror`) or with ``cfg.mirror_field`` off.
 
-    On the ICT expression cases the share is 0.77-0.97 for symmetric expressions (the
-    benchmark's, a smile, an open jaw with a pucker) and -0.31 to -0.01 for a one-sided
-    smile with a squint, which keeps the field it had.
+    On the ICT expression cases the share is about 0.75-0.94 for symmetric expressions
+    (the benchmark's, a smile, an open jaw with a pucker; 0.33 for a frown with 68
+    landmarks) and -0.31 to -0.01 for a one-sided smile with a squint, which keeps the
+    field it had.
     """
     mirror = model_mirror(model) if cfg.mirror_field else None
     if mirror is None:
