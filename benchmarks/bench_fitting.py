@@ -256,7 +256,7 @@ def real_scan_rows(model, narrow_face: int) -> list[dict]:
     distance to the scan on the narrow face, the share of the scan it explains, and
     the landmark errors (another annotator's definitions: indicative only)."""
     from ssm.fitting.pipeline import fit
-    from ssm.fitting.scan import load_scan, scan_explained
+    from ssm.fitting.scan import load_scan
 
     rows = []
     for scan_name, lm_name in REAL_SCANS:
@@ -272,7 +272,7 @@ def real_scan_rows(model, narrow_face: int) -> list[dict]:
                      "seconds": seconds, "converged": res.converged, "units": res.units,
                      "mm_per_unit": 1.0 / res.pose.scale,
                      "face_distance_median_mm": float(np.nanmedian(res.distance_mm[:narrow_face])),
-                     "scan_within_2.5mm": scan_explained(scan, res.vertices, res.triangles, res.pose.scale),
+                     "scan_within_2.5mm": res.scan_explained,
                      "landmark_error_median_mm": float(np.median(lm)), "landmark_error_mean_mm": float(np.mean(lm))})
     return rows
 
