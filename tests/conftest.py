@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The tests' on-disk array cache (ssm.io.array_cache) is their own, not the user's."""
+    old = os.environ.get("SSM_CACHE_DIR")
+    os.environ["SSM_CACHE_DIR"] = str(tmp_path_factory.mktemp("ssm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SSM_CACHE_DIR", None)
+    else:
+        os.environ["SSM_CACHE_DIR"] = old
+
+
 def shared_file(rel: str) -> Path:
     """Path to a file in ../shared/data, or skip the test with the reason."""
     p = SHARED / rel

@@ -66,3 +66,28 @@ def test_fields_fade_outside_the_region():
     assert np.allclose(sd[one], np.exp(-0.5), atol=0.01)
     assert sd[(x[:, 2] == 0) & (u >= 92)].max() == 0.0  # past 5 tapers: exactly off
     assert not heat_kernel_fields(model.__dict__["_harmonics"][20.0], 20.0, np.zeros(len(x))).any()
+
+
+def test_model_harmonics_are_cached_on_disk_and_the_same(tmp_path, monkeypatch):
+    import ssm.fitting.deformation_basis as D
+
+    monkeypatch.setenv("SSM_CACHE_DIR", str(tmp_path))
+    s = trimesh.creation.icosphere(subdivisions=3, radius=60.0)
+
+    def model():
+        return ShapeModel(np.asarray(s.vertices), np.zeros((3 * len(s.vertices), 1)), np.ones(1), triangles=s.faces)
+
+    first = D.model_harmonics(model(), 40.0)
+    (entry,) = tmp_path.glob("harmonics-*.npz")
+    calls = []
+    monkeypatch.setattr(D, "low_harmonics", lambda *a: calls.append(a))
+    again = D.model_harmonics(model(), 40.0)  # a new process: the entry, not a solve
+    assert not calls
+    assert np.array_equal(again.functions, first.functions) and np.array_equal(again.eigenvalues, first.eigenvalues)
+    entry.write_bytes(b"not a zip")  # a broken entry is computed again, not an error
+    monkeypatch.setattr(D, "low_harmonics", lambda *a: (calls.append(a), first)[1])
+    assert D.model_harmonics(model(), 40.0) is first and len(calls) == 1
+    monkeypatch.setenv("SSM_CACHE_DIR", "off")
+    entry.unlink()
+    D.model_harmonics(model(), 40.0)
+    assert not list(tmp_path.glob("*.npz"))  # off: nothing written
