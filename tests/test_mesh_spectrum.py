@@ -91,3 +91,21 @@ def test_model_harmonics_are_cached_on_disk_and_the_same(tmp_path, monkeypatch):
     entry.unlink()
     D.model_harmonics(model(), 40.0)
     assert not list(tmp_path.glob("*.npz"))  # off: nothing written
+
+
+def test_matern_fields_tend_to_the_heat_kernel_and_are_rougher_for_small_nu():
+    r = 60.0
+    s = trimesh.creation.icosphere(subdivisions=3, radius=r)
+    length = 30.0
+    h = low_harmonics(s.vertices, s.faces, np.log(1e3) / (0.5 * length ** 2))
+    taper = np.ones(len(s.vertices))
+    heat = heat_kernel_fields(h, length, taper)
+    near_heat = heat_kernel_fields(h, length, taper, smoothness=1e6)
+    rough = heat_kernel_fields(h, length, taper, smoothness=2.0)
+    for f in (heat, near_heat, rough):
+        assert np.allclose((f ** 2).sum(1), 1.0)  # unit variance at every vertex
+    assert np.allclose(near_heat @ near_heat.T, heat @ heat.T, atol=1e-4)
+    # correlation with the neighbours one edge away: lower for the rougher kernel
+    e = s.edges_unique
+    corr = lambda f: float(np.mean((f[e[:, 0]] * f[e[:, 1]]).sum(1)))  # noqa: E731
+    assert corr(rough) < corr(heat) < 1.0

@@ -123,12 +123,25 @@ def _stored_harmonics(stored: dict | None, n_vertices: int) -> Harmonics | None:
     return Harmonics(lam, phi)
 
 
-def heat_kernel_fields(harmonics: Harmonics, length_mm: float, taper: np.ndarray) -> np.ndarray:
+def heat_kernel_fields(harmonics: Harmonics, length_mm: float, taper: np.ndarray,
+                       smoothness: float | None = None) -> np.ndarray:
     """(N, k) fields ``taper * psi_j`` whose sum with ``b ~ N(0, I)`` is a Gaussian process
-    with the surface's heat kernel of time ``length_mm^2 / 2`` (on a plane, a Gaussian of
-    ``length_mm``), normalised to variance 1 at each vertex, times the taper (N,)."""
+    with the surface's heat kernel of time ``t = length_mm^2 / 2`` (on a plane, a Gaussian
+    of ``length_mm``), normalised to variance 1 at each vertex, times the taper (N,).
+
+    smoothness : None for the heat kernel (spectral weights ``exp(-t lam)``); a number
+    ``nu`` for the Matern-like kernel of weights ``(1 + t lam / nu)^-nu``, which tends to
+    the heat kernel as ``nu`` grows and is rougher for a small ``nu``: more of its
+    variance at short wavelengths, for sharper changes where dense data asks for them.
+    Both use the same harmonics (``harmonics``, cut where the heat kernel's weight falls
+    under :data:`EIGEN_TOL`; at ``nu`` = 8 the Matern weight there is 0.007).
+    """
     lam, phi = harmonics.eigenvalues, harmonics.functions
-    f = phi * np.exp(-0.25 * length_mm ** 2 * lam)  # exp(-t lam / 2), t = length^2 / 2
+    t = 0.5 * length_mm ** 2
+    if smoothness is None:
+        f = phi * np.exp(-0.5 * t * lam)  # the square roots of the spectral weights
+    else:
+        f = phi * (1.0 + t * lam / smoothness) ** (-0.5 * smoothness)
     sd = np.sqrt((f ** 2).sum(1))
     scale = np.where(sd > 0, taper / np.maximum(sd, 1e-300), 0.0)
     scale[taper < 1e-3] = 0.0
@@ -153,7 +166,8 @@ def gaussian_fields(vertices: np.ndarray, length_mm: float, taper: np.ndarray, r
 
 
 def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np.ndarray, length_mm: float,
-                             taper_mm: float, rng: np.random.Generator) -> np.ndarray:
+                             taper_mm: float, rng: np.random.Generator, smoothness: float | None = None
+                             ) -> np.ndarray:
     """(N, M) unit-variance scalar fields over the model's vertices, free in ``region``.
 
     vertices : (N, 3) the fitted shape, model frame, mm (the taper's distances); region :
@@ -161,14 +175,16 @@ def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np
     variance 1 and correlation length ``length_mm`` inside the region, along the model's
     surface (:func:`heat_kernel_fields`) or, for a model without triangles, in space
     (:func:`gaussian_fields`; also where the mesh's eigenproblem fails), fading as
-    ``exp(-d^2 / (2 taper_mm^2))`` with the distance ``d`` from the region.
+    ``exp(-d^2 / (2 taper_mm^2))`` with the distance ``d`` from the region. On a mesh,
+    ``smoothness`` picks a rougher Matern-like kernel instead of the heat kernel
+    (:func:`heat_kernel_fields`).
     """
     if not region.any():
         return np.zeros((len(vertices), 0))
     taper = region_taper(np.asarray(vertices, np.float64), region, taper_mm)
     if model.triangles is not None and len(model.triangles):
         try:
-            fields = heat_kernel_fields(model_harmonics(model, length_mm), length_mm, taper)
+            fields = heat_kernel_fields(model_harmonics(model, length_mm), length_mm, taper, smoothness)
             if np.isfinite(fields).all():
                 return fields
         except (RuntimeError, ValueError, ArithmeticError) as exc:  # ARPACK / factorisation on a broken mesh
@@ -333,12 +349,13 @@ def mirror_correlation(model: ShapeModel, displacement: np.ndarray, cfg: FitConf
 
 def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
                    amplitude_mm: float, lms: MatchedLandmarks | None, lm_keep: np.ndarray | None,
-                   fixed_scale: float | None, occluded: np.ndarray | None = None, relevance_rounds: int = 0
-                   ) -> tuple[ModelFitState, np.ndarray, int, float]:
+                   fixed_scale: float | None, occluded: np.ndarray | None = None, relevance_rounds: int = 0,
+                   smoothness: float | None = None) -> tuple[ModelFitState, np.ndarray, int, float]:
     """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
     with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
     ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
-    (:func:`smooth_deformation_basis`), the prior anneals over :data:`REFIT_PRIOR`
+    (:func:`smooth_deformation_basis`; over part of the model, with the kernel
+    ``smoothness`` picks, :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
     (:data:`REFIT_ITERATIONS` per level, one more with fewer than 3 landmarks), on the
     whole scan and the landmarks ``lms[lm_keep]``; ``occluded`` (N,) vertices stay out.
     ``relevance_rounds`` more fits each give the field, per vertex, the amplitude the
@@ -360,7 +377,7 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
         fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm)
     else:
         fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
-                                          cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3))
+                                          cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3), smoothness)
         aug = augmented_model(model, fields, amplitude_mm)
     # without landmarks nothing pins the fit along the surface: one more iteration per
     # level, as in the model fit (no landmarks, expression cases: 1.60 -> 1.48 mm over 10)

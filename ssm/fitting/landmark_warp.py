@@ -26,7 +26,8 @@ landmarks still disagree with is added, and the result is the start of non-rigid
 which refines it along the normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
 landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
-from 1.87 to 0.91 mm (0.96 without the field's mirror correlation,
+from 1.87 to 0.89 mm (0.91 with the heat kernel instead of the rougher
+``FitConfig.warp_basis_smoothness``; 0.96 without the field's mirror correlation either,
 :func:`ssm.fitting.deformation_basis.mirror_correlation`; 1.01 with a field of 50 mm
 instead of 30; at 50 mm over 10 subjects, before the benchmark's expression raised the
 brows: 1.83 to 1.07 mm); neutral scans fit as before. The relevance rounds that help the expression field
@@ -187,7 +188,8 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     if refit:
         amplitude = max(warp.amplitude_mm, 1.0)
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep,
-                                                            fixed_scale, occluded)
+                                                            fixed_scale, occluded,
+                                                            smoothness=cfg.warp_basis_smoothness)
         x = model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
         extra.update(deformation_components=int(n_fields),
