@@ -179,6 +179,9 @@ def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np
     ``smoothness`` picks a rougher Matern-like kernel instead of the heat kernel
     (:func:`heat_kernel_fields`).
     """
+    if smoothness is not None and not smoothness > 0:
+        raise ValueError(f"smoothness {smoothness!r}: give a number > 0 (FitConfig.warp_basis_smoothness), "
+                         "or None for the heat kernel")
     if not region.any():
         return np.zeros((len(vertices), 0))
     taper = region_taper(np.asarray(vertices, np.float64), region, taper_mm)
