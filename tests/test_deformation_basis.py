@@ -106,3 +106,7 @@ def test_whole_model_fields_are_cached_per_length():
     assert again_f is long_f and again_aug is long_aug
     _whole_model_fields(model, cfg, 2.0, c, 50.0)
     assert len(model.__dict__["_whole_model_fields"]) == FIELD_CACHE_SIZE
+    # a rougher kernel on the same harmonics is an entry of its own, not the heat kernel's
+    rough_f, _ = _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)
+    assert rough_f.shape == long_f.shape and not np.allclose(rough_f, long_f)
+    assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f

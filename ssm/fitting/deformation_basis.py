@@ -267,17 +267,17 @@ def relevance(average: sp.csr_matrix, field: np.ndarray, amplitude_mm: float) ->
 
 
 def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray,
-                        length_mm: float) -> tuple[np.ndarray, ShapeModel]:
+                        length_mm: float, smoothness: float | None = None) -> tuple[np.ndarray, ShapeModel]:
     """The fields of correlation ``length_mm`` over the whole model
     (:func:`smooth_deformation_basis` with every vertex in the region, around the instance
-    of ``coeffs`` (K,)) and the model augmented with them at ``amplitude_mm``. On a mesh
-    they depend on the model alone, and are cached on it per length and amplitude (a
-    cache, not state: the expression field's probe runs on every scan; at most
-    :data:`FIELD_CACHE_SIZE` entries). Each holds float32 (N, 3, K + 3 M): at 50 mm about
+    of ``coeffs`` (K,), with the kernel ``smoothness`` picks) and the model augmented with
+    them at ``amplitude_mm``. On a mesh they depend on the model alone, and are cached on
+    it per length, amplitude and smoothness (a cache, not state: the expression field's
+    probe runs on every scan; at most :data:`FIELD_CACHE_SIZE` entries). Each holds float32 (N, 3, K + 3 M): at 50 mm about
     twice the model's own scaled basis (77 MB for the 11k-vertex ICT head), at 30 mm
     about 2.6 times (132 MB)."""
     mesh = model.triangles is not None and len(model.triangles) > 0
-    key = (length_mm, amplitude_mm)
+    key = (length_mm, amplitude_mm, smoothness)
     cache = model.__dict__.get("_whole_model_fields") if mesh else None
     if cache is None:
         cache = {}
@@ -285,7 +285,8 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
             object.__setattr__(model, "_whole_model_fields", cache)
     if key not in cache:
         fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
-                                          length_mm, cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3))
+                                          length_mm, cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3),
+                                          smoothness)
         while len(cache) >= FIELD_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[key] = (fields, augmented_model(model, fields, amplitude_mm))
@@ -357,8 +358,8 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
     with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
     ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
-    (:func:`smooth_deformation_basis`; over part of the model, with the kernel
-    ``smoothness`` picks, :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
+    (:func:`smooth_deformation_basis`, with the kernel ``smoothness`` picks,
+    :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
     (:data:`REFIT_ITERATIONS` per level, one more with fewer than 3 landmarks), on the
     whole scan and the landmarks ``lms[lm_keep]``; ``occluded`` (N,) vertices stay out.
     ``relevance_rounds`` more fits each give the field, per vertex, the amplitude the
@@ -377,7 +378,8 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     the correlation between the sides the last fit used (0: none).
     """
     if region.all():
-        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm)
+        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm,
+                                          smoothness)
     else:
         fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
                                           cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3), smoothness)
