@@ -109,3 +109,13 @@ def test_matern_fields_tend_to_the_heat_kernel_and_are_rougher_for_small_nu():
     e = s.edges_unique
     corr = lambda f: float(np.mean((f[e[:, 0]] * f[e[:, 1]]).sum(1)))  # noqa: E731
     assert corr(rough) < corr(heat) < 1.0
+
+
+def test_a_smoothness_that_is_not_positive_is_a_clear_error():
+    import pytest
+
+    s = trimesh.creation.icosphere(subdivisions=2, radius=60.0)
+    model = ShapeModel(np.asarray(s.vertices), np.zeros((3 * len(s.vertices), 1)), np.ones(1), triangles=s.faces)
+    with pytest.raises(ValueError, match=r"smoothness 0\.0: give a number > 0 \(FitConfig.warp_basis_smoothness\)"):
+        smooth_deformation_basis(model, np.asarray(s.vertices), np.ones(len(s.vertices), bool), 30.0, 50.0,
+                                 np.random.default_rng(0), smoothness=0.0)
