@@ -77,6 +77,15 @@ class FitConfig:
         worse); nu = 3 gave 0.895. With 7 landmarks or none (the expression field over the
         whole model) it was worse (7: 1.061 -> 1.079 mm), and that field keeps the heat
         kernel. None: the heat kernel here too.
+      warp_landmark_sigma_scale : in the landmark warp's refit the landmarks' sigma
+        (``landmark_sigma_mm`` or the file's) is taken this many times larger: the
+        field's hundreds of local components follow each landmark's noise along the
+        skin, which the identity's global components average out, and the surface does
+        not see. With 68 landmarks (sigma 1.5 mm) the benchmark's expression 0.871 ->
+        0.854 mm (another draw of the noise 0.954 -> 0.915), four other expressions
+        0.924 -> 0.921 (two better, one the same, one 0.017 worse); 2 gave 0.860. It
+        does not touch the expression field's refit (fewer than 20 landmarks), where 7
+        landmarks were worse both ways (sigma 1 or 3: 1.083 / 1.077 against 1.061 mm).
       mirror_field : when the field the refit found is mostly symmetric about the model's
         mirror plane (:mod:`ssm.geometry.mirror`; a smile on both sides, not a one-sided
         one), fit it again with its two sides correlated by that much
@@ -103,7 +112,12 @@ class FitConfig:
         warp and the generic expression field stand aside.
     Non-rigid ICP
       nicp_stiffness : membrane stiffness per stage, stiff to soft (relative to the
-        mean data weight); nicp_iterations per stage; nicp_model_weight: pull towards
+        mean data weight); the landmarks weigh against the surface by their variance
+        over the correspondences', as in the model fit (they weighed as much as
+        ``landmark_boost`` surface points whatever their noise, which with 68 landmarks
+        of sigma 1.5 mm pulled the expression fits' skin after the noise: 0.890 -> 0.871
+        mm, another draw 0.981 -> 0.954; neutral 0.419 / 0.478 -> 0.414 / 0.475 mm with
+        68 / 7); nicp_iterations per stage; nicp_model_weight: pull towards
         the model fit; nicp_point_to_plane: 1 pulls only along the normal (no
         sliding along the surface), 0 to the closest point; nicp = False skips the stage.
     Uncertainty
@@ -143,6 +157,7 @@ class FitConfig:
     warp_basis_length_mm: float = 30.0
     warp_basis_taper_mm: float = 50.0
     warp_basis_smoothness: float | None = 8.0
+    warp_landmark_sigma_scale: float = 1.5
     mirror_field: bool = True
     expression_field_mm: float = 1.0
     expression_field_gate_mm: float = 1.1

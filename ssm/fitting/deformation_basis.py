@@ -300,16 +300,18 @@ def vertex_rms(displacement: np.ndarray) -> float:
 
 def refit_augmented(model: ShapeModel, aug: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
                     lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
-                    occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int
-                    ) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
+                    occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int,
+                    landmark_variance_scale: float = 1.0) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
     """One fit of ``aug`` (``model`` with more components, :func:`augmented_model`), from
-    the identity and pose of ``state``. Returns the augmented state, the instance with
+    the identity and pose of ``state``, the landmarks' variances scaled by
+    ``landmark_variance_scale`` (:func:`ssm.fitting.model_fit.fit_model`). Returns the augmented state, the instance with
     the field and the identity's instance (both (N, 3), model frame, mm)."""
     refit_cfg = dataclasses.replace(cfg, component_schedule=(aug.n_components,) * len(prior),
                                     prior_schedule=prior, iterations_per_level=iterations)
     coeffs = np.concatenate([state.coeffs, np.zeros(aug.n_components - model.n_components)])
     aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, lm_keep, fixed_scale, coeffs=coeffs,
-                             candidates=None if occluded is None else ~occluded)
+                             candidates=None if occluded is None else ~occluded,
+                             landmark_variance_scale=landmark_variance_scale)
     start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
     k = model.n_components
     return aug_state, start, basis_instance(model, scaled_basis(model), aug_state.coeffs[:k], k)
@@ -354,14 +356,16 @@ def mirror_correlation(model: ShapeModel, displacement: np.ndarray, cfg: FitConf
 def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
                    amplitude_mm: float, lms: MatchedLandmarks | None, lm_keep: np.ndarray | None,
                    fixed_scale: float | None, occluded: np.ndarray | None = None, relevance_rounds: int = 0,
-                   smoothness: float | None = None) -> tuple[ModelFitState, np.ndarray, int, float]:
+                   smoothness: float | None = None, landmark_variance_scale: float = 1.0
+                   ) -> tuple[ModelFitState, np.ndarray, int, float]:
     """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
     with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
     ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
     (:func:`smooth_deformation_basis`, with the kernel ``smoothness`` picks,
     :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
     (:data:`REFIT_ITERATIONS` per level, one more with fewer than 3 landmarks), on the
-    whole scan and the landmarks ``lms[lm_keep]``; ``occluded`` (N,) vertices stay out.
+    whole scan and the landmarks ``lms[lm_keep]``, their variances scaled by
+    ``landmark_variance_scale``; ``occluded`` (N,) vertices stay out.
     ``relevance_rounds`` more fits each give the field, per vertex, the amplitude the
     last one used (:func:`relevance`), always from ``state``'s identity: the field
     gathers where the subject leaves the model, and the identity is fitted by the rest.
@@ -391,7 +395,7 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
 
     def refit(aug_model: ShapeModel):
         return refit_augmented(model, aug_model, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                               REFIT_PRIOR, iterations)
+                               REFIT_PRIOR, iterations, landmark_variance_scale)
 
     aug_state, start, identity = refit(aug)
     rho = mirror_correlation(model, start - identity, cfg)

@@ -194,8 +194,15 @@ def solve_coefficients(model: ShapeModel, k: int, corr_vertex: np.ndarray, targe
 def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig,
               landmarks: MatchedLandmarks | None = None, landmark_mask: np.ndarray | None = None,
               fixed_scale: float | None = None, coeffs: np.ndarray | None = None,
-              candidates: np.ndarray | None = None) -> tuple[ModelFitState, StageReport]:
-    """Alternate correspondences and the MAP coefficient / pose solve, coarse to fine."""
+              candidates: np.ndarray | None = None, landmark_variance_scale: float = 1.0
+              ) -> tuple[ModelFitState, StageReport]:
+    """Alternate correspondences and the MAP coefficient / pose solve, coarse to fine.
+
+    landmark_variance_scale : the landmarks' variances (``config.landmark_sigma_mm^2`` or
+    the file's) are taken this many times larger (their weight and their robust kernel's
+    width): a fit with many local components follows landmark noise that a few global
+    ones average out (:func:`ssm.fitting.deformation_basis.fit_with_field`).
+    """
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     kmax = model.n_components
@@ -245,11 +252,10 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             inv = pose.inverse()
             tm = inv.apply(corr.target)
             nm = corr.normal @ pose.rotation
-            med = float(np.median(corr.distance_mm))
-            noise_var = max((1.4826 * med) ** 2, 0.3 ** 2) * prior_scale
+            noise_var = surface_noise_variance(corr.distance_mm) * prior_scale
             lm_terms = None
             if lm_sel is not None and len(lm_sel[0]):
-                var_lm = _landmark_variance(lm_sel[2], pose, config.landmark_sigma_mm)
+                var_lm = landmark_variance(lm_sel[2], pose, config.landmark_sigma_mm) * landmark_variance_scale
                 lm_m = inv.apply(lm_sel[1])
                 # robust: a landmark far from where the current fit puts it (a wrong or
                 # differently defined point) loses its pull (Geman-McClure at 2 sigma)
@@ -281,7 +287,7 @@ def fit_model(model: ShapeModel, scan: Scan, pose: Similarity, config: FitConfig
             x = basis_instance(model, phi_all, c, k, phi_dev)
             # after a joint shape-pose solve the pose needs only a touch (2 steps, not 3)
             pose = _update_pose(x, corr, lm_sel, pose, fixed_scale, config.point_to_plane, steps=2 if k else 3)
-            history.append(med)
+            history.append(float(np.median(corr.distance_mm)))
             if not (np.isfinite(pose.scale) and scale0 / MAX_SCALE_CHANGE < pose.scale < scale0 * MAX_SCALE_CHANGE
                     and np.isfinite(c).all() and np.isfinite(pose.translation).all()):
                 # a degenerate solve (too few correspondences left, all on one side: the
@@ -308,8 +314,15 @@ def landmark_boost(n_corr: float) -> float:
     return max(1.0, n_corr / 1000.0)
 
 
-def _landmark_variance(cov: np.ndarray | None, pose: Similarity, sigma_mm: float) -> np.ndarray:
-    """(L,) isotropic landmark variance in mm^2 (from file covariances when given)."""
+def surface_noise_variance(distance_mm: np.ndarray) -> float:
+    """The variance (mm^2) of one surface correspondence: the robust spread of the
+    correspondence distances (C,) mm (1.4826 x their median), at least 0.3 mm."""
+    return max((1.4826 * float(np.median(distance_mm))) ** 2, 0.3 ** 2)
+
+
+def landmark_variance(cov: np.ndarray | None, pose: Similarity, sigma_mm: float) -> np.ndarray:
+    """(L,) isotropic landmark variance in mm^2 from the file's (L, 3, 3) covariances
+    (scan units^2) when given, else ``sigma_mm^2`` (as (1,), broadcast)."""
     if cov is None:
         return np.full(1, sigma_mm ** 2)
     tr = np.trace(cov, axis1=1, axis2=2) / 3.0 / pose.scale ** 2

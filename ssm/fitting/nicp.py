@@ -8,8 +8,11 @@ same border, distance and normal rejection as the model fit::
     min_D  sum_i w_i ||x_i + d_i - y_i||^2 + alpha tr(D^T L D) + beta ||D||^2
 
 ``L`` is the mesh graph Laplacian (membrane stiffness), ``beta`` pulls towards the model
-fit where the scan says nothing, and landmarks join as heavy terms at the stiff levels
-(at every level inside the landmark warp's region, :mod:`ssm.fitting.landmark_warp`).
+fit where the scan says nothing, and landmarks join at the stiff levels (at every level
+inside the landmark warp's region, :mod:`ssm.fitting.landmark_warp`), weighed as in the
+model fit: by the correspondences' variance over theirs
+(:func:`ssm.fitting.model_fit.landmark_variance`), times
+:func:`ssm.fitting.model_fit.landmark_boost`.
 The targets ``y_i`` are the feet of the current vertices on the planes through their
 scan points across the vertices' own normals (point-to-plane, :func:`plane_targets`;
 the model's normals rather than the scan's noisy ones, see
@@ -32,7 +35,7 @@ from scipy.sparse.linalg import splu
 from ssm.fitting.config import FitConfig
 from ssm.fitting.correspondence import adaptive_gate, find_correspondences
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import instance_normals, landmark_boost
+from ssm.fitting.model_fit import instance_normals, landmark_boost, landmark_variance, surface_noise_variance
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.geometry.mesh_ops import uniform_laplacian
@@ -65,6 +68,9 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
     if landmarks is not None:
         keep = np.ones(len(landmarks), bool) if landmark_mask is None else landmark_mask
         lm_v, lm_y = landmarks.vertex[keep], inv.apply(landmarks.points[keep])
+        lm_var = np.broadcast_to(landmark_variance(None if landmarks.covariances is None
+                                                   else landmarks.covariances[keep], pose,
+                                                   config.landmark_sigma_mm), lm_v.shape)
     levels = config.nicp_stiffness
     for li, alpha in enumerate(levels):
         for _ in range(config.nicp_iterations):
@@ -86,9 +92,10 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
                 on = np.full(len(lm_v), li < len(levels) // 2)
                 if landmark_region is not None:
                     on |= landmark_region[lm_v]
-                lw = landmark_boost(len(corr))
+                # weighed by their uncertainty against the surface's, as in the model fit
+                lw = landmark_boost(len(corr)) * surface_noise_variance(corr.distance_mm) / lm_var[on]
                 np.add.at(w, lm_v[on], lw)
-                np.add.at(rhs, lm_v[on], lw * (lm_y[on] - x0[lm_v[on]]))
+                np.add.at(rhs, lm_v[on], lw[:, None] * (lm_y[on] - x0[lm_v[on]]))
             wmean = float(corr.weight.mean())
             a = (sp.diags(w + config.nicp_model_weight * wmean) + alpha * wmean * lap).tocsc()
             # symmetric positive definite: a symmetric ordering, no pivoting (less fill)
