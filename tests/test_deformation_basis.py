@@ -1,6 +1,7 @@
 """Deformation basis: for a point model its fields reproduce the Euclidean Gaussian kernel
 in the region and fade outside (the heat kernel of a mesh: tests/test_mesh_spectrum.py),
-the augmented model keeps the identity's components and coefficients, and the relevance
+the augmented model keeps the identity's components and coefficients (its prior
+loosened when asked), and the relevance
 step keeps the field's freedom where it was used."""
 
 import numpy as np
@@ -68,6 +69,10 @@ def test_augmented_model_keeps_the_identity():
     want = model.instance(c) + 2.0 * np.stack([fields @ b[a * m:(a + 1) * m] for a in range(3)], 1)
     assert np.allclose(got, want, atol=1e-3)
     assert np.allclose(instance(np.concatenate([c, np.zeros(3 * m)])), model.instance(c), atol=1e-3)
+    # a looser identity prior: the same shapes, the identity's coefficients identity_sd times smaller
+    loose = augmented_model(model, fields, amplitude_mm=2.0, identity_sd=2.0)
+    got = basis_instance(loose, scaled_basis(loose), np.concatenate([c / 2.0, b]), loose.n_components)
+    assert np.allclose(got, want, atol=1e-3)
 
 
 def test_relevance_follows_the_used_field():

@@ -196,11 +196,13 @@ def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np
 
 
 def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float, mirror: Mirror | None = None,
-                    mirror_rho: float = 0.0) -> ShapeModel:
+                    mirror_rho: float = 0.0, identity_sd: float = 1.0) -> ShapeModel:
     """The model with ``3 M`` more components: ``amplitude_mm * fields`` (N, M) along x, y, z.
 
-    The first K components are the model's, with the same standardised coefficients, so
-    ``coeffs[:K]`` of a fit of the augmented model are the identity's. The basis is kept
+    The first K components are the model's, with standard deviations ``identity_sd``
+    times the model's (a weaker prior on the identity for ``identity_sd`` > 1), so
+    ``identity_sd * coeffs[:K]`` of a fit of the augmented model are the identity's
+    (:func:`refit_augmented` converts them). The basis is kept
     in float32, already scaled (variances 1), and shared with :func:`scaled_basis`;
     instances come from :func:`ssm.fitting.model_fit.basis_instance`.
 
@@ -218,7 +220,7 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float, 
     n, _, k = phi.shape
     m = fields.shape[1]
     aug = np.zeros((n, 3, k + 3 * m), np.float32)
-    aug[:, :, :k] = phi
+    aug[:, :, :k] = phi if identity_sd == 1.0 else phi * np.float32(identity_sd)
     if mirror is None or mirror_rho <= 0.0:
         for axis in range(3):
             aug[:, axis, k + axis * m:k + (axis + 1) * m] = amplitude_mm * fields
@@ -267,17 +269,19 @@ def relevance(average: sp.csr_matrix, field: np.ndarray, amplitude_mm: float) ->
 
 
 def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray,
-                        length_mm: float, smoothness: float | None = None) -> tuple[np.ndarray, ShapeModel]:
+                        length_mm: float, smoothness: float | None = None, identity_sd: float = 1.0
+                        ) -> tuple[np.ndarray, ShapeModel]:
     """The fields of correlation ``length_mm`` over the whole model
     (:func:`smooth_deformation_basis` with every vertex in the region, around the instance
     of ``coeffs`` (K,), with the kernel ``smoothness`` picks) and the model augmented with
-    them at ``amplitude_mm``. On a mesh they depend on the model alone, and are cached on
-    it per length, amplitude and smoothness (a cache, not state: the expression field's
+    them at ``amplitude_mm`` (the identity's deviations ``identity_sd`` times the model's,
+    :func:`augmented_model`). On a mesh they depend on the model alone, and are cached on
+    it per length, amplitude, smoothness and identity deviation (a cache, not state: the expression field's
     probe runs on every scan; at most :data:`FIELD_CACHE_SIZE` entries). Each holds float32 (N, 3, K + 3 M): at 50 mm about
     twice the model's own scaled basis (77 MB for the 11k-vertex ICT head), at 30 mm
     about 2.6 times (132 MB)."""
     mesh = model.triangles is not None and len(model.triangles) > 0
-    key = (length_mm, amplitude_mm, smoothness)
+    key = (length_mm, amplitude_mm, smoothness, identity_sd)
     cache = model.__dict__.get("_whole_model_fields") if mesh else None
     if cache is None:
         cache = {}
@@ -289,7 +293,7 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
                                           smoothness)
         while len(cache) >= FIELD_CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        cache[key] = (fields, augmented_model(model, fields, amplitude_mm))
+        cache[key] = (fields, augmented_model(model, fields, amplitude_mm, identity_sd=identity_sd))
     return cache[key]
 
 
@@ -301,20 +305,25 @@ def vertex_rms(displacement: np.ndarray) -> float:
 def refit_augmented(model: ShapeModel, aug: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
                     lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
                     occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int,
-                    landmark_variance_scale: float = 1.0) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
-    """One fit of ``aug`` (``model`` with more components, :func:`augmented_model`), from
-    the identity and pose of ``state``, the landmarks' variances scaled by
-    ``landmark_variance_scale`` (:func:`ssm.fitting.model_fit.fit_model`). Returns the augmented state, the instance with
-    the field and the identity's instance (both (N, 3), model frame, mm)."""
+                    landmark_variance_scale: float = 1.0, identity_sd: float = 1.0
+                    ) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
+    """One fit of ``aug`` (``model`` with more components, :func:`augmented_model`, built
+    with ``identity_sd``), from the identity and pose of ``state``, the landmarks'
+    variances scaled by ``landmark_variance_scale``
+    (:func:`ssm.fitting.model_fit.fit_model`). Returns the augmented state (its first K
+    coefficients the identity's in the model's own units, the field's after them), the
+    instance with the field and the identity's instance (both (N, 3), model frame, mm)."""
     refit_cfg = dataclasses.replace(cfg, component_schedule=(aug.n_components,) * len(prior),
                                     prior_schedule=prior, iterations_per_level=iterations)
-    coeffs = np.concatenate([state.coeffs, np.zeros(aug.n_components - model.n_components)])
+    k = model.n_components
+    coeffs = np.concatenate([state.coeffs / identity_sd, np.zeros(aug.n_components - k)])
     aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, lm_keep, fixed_scale, coeffs=coeffs,
                              candidates=None if occluded is None else ~occluded,
                              landmark_variance_scale=landmark_variance_scale)
     start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
-    k = model.n_components
-    return aug_state, start, basis_instance(model, scaled_basis(model), aug_state.coeffs[:k], k)
+    identity = aug_state.coeffs[:k] * identity_sd
+    aug_state = dataclasses.replace(aug_state, coeffs=np.concatenate([identity, aug_state.coeffs[k:]]))
+    return aug_state, start, basis_instance(model, scaled_basis(model), identity, k)
 
 
 def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, amplitude_mm: float,
@@ -356,8 +365,8 @@ def mirror_correlation(model: ShapeModel, displacement: np.ndarray, cfg: FitConf
 def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
                    amplitude_mm: float, lms: MatchedLandmarks | None, lm_keep: np.ndarray | None,
                    fixed_scale: float | None, occluded: np.ndarray | None = None, relevance_rounds: int = 0,
-                   smoothness: float | None = None, landmark_variance_scale: float = 1.0
-                   ) -> tuple[ModelFitState, np.ndarray, int, float]:
+                   smoothness: float | None = None, landmark_variance_scale: float = 1.0,
+                   identity_sd: float = 1.0) -> tuple[ModelFitState, np.ndarray, int, float]:
     """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
     with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
     ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
@@ -365,7 +374,9 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
     (:data:`REFIT_ITERATIONS` per level, one more with fewer than 3 landmarks), on the
     whole scan and the landmarks ``lms[lm_keep]``, their variances scaled by
-    ``landmark_variance_scale``; ``occluded`` (N,) vertices stay out.
+    ``landmark_variance_scale``; ``occluded`` (N,) vertices stay out. ``identity_sd``
+    loosens the identity's prior by that factor in its deviations
+    (:func:`augmented_model`; ``FitConfig.field_identity_sd``).
     ``relevance_rounds`` more fits each give the field, per vertex, the amplitude the
     last one used (:func:`relevance`), always from ``state``'s identity: the field
     gathers where the subject leaves the model, and the identity is fitted by the rest.
@@ -381,13 +392,15 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     the field (N, 3) model frame, mm, the number of field components (3 per field) and
     the correlation between the sides the last fit used (0: none).
     """
+    if not identity_sd > 0:
+        raise ValueError(f"identity_sd {identity_sd!r}: give a number > 0 (FitConfig.field_identity_sd)")
     if region.all():
         fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm,
-                                          smoothness)
+                                          smoothness, identity_sd)
     else:
         fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
                                           cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3), smoothness)
-        aug = augmented_model(model, fields, amplitude_mm)
+        aug = augmented_model(model, fields, amplitude_mm, identity_sd=identity_sd)
     # without landmarks nothing pins the fit along the surface: one more iteration per
     # level, as in the model fit (no landmarks, expression cases: 1.60 -> 1.48 mm over 10)
     n_lm = 0 if lms is None else int(len(lms) if lm_keep is None else np.count_nonzero(lm_keep))
@@ -395,7 +408,7 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
 
     def refit(aug_model: ShapeModel):
         return refit_augmented(model, aug_model, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                               REFIT_PRIOR, iterations, landmark_variance_scale)
+                               REFIT_PRIOR, iterations, landmark_variance_scale, identity_sd)
 
     aug_state, start, identity = refit(aug)
     rho = mirror_correlation(model, start - identity, cfg)
@@ -405,8 +418,8 @@ def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fit
     for _ in range(relevance_rounds):
         weight = relevance(average, start - identity, amplitude_mm)
         aug_state, start, identity = refit(augmented_model(model, fields * weight[:, None], amplitude_mm,
-                                                           mirror, rho))
+                                                           mirror, rho, identity_sd))
     if not relevance_rounds and rho > 0:
-        aug_state, start, identity = refit(augmented_model(model, fields, amplitude_mm, mirror, rho))
+        aug_state, start, identity = refit(augmented_model(model, fields, amplitude_mm, mirror, rho, identity_sd))
     return (dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components]), start,
             3 * fields.shape[1], rho)

@@ -83,7 +83,8 @@ def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, 
     if applied:
         region = np.ones(model.n_vertices, bool)
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
-                                                            fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS)
+                                                            fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS,
+                                                            identity_sd=cfg.field_identity_sd)
         x = model.instance(state.coeffs)
         fitted = (state, x, start)
         extra.update(deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4),

@@ -190,7 +190,8 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep,
                                                             fixed_scale, occluded,
                                                             smoothness=cfg.warp_basis_smoothness,
-                                                            landmark_variance_scale=cfg.warp_landmark_sigma_scale ** 2)
+                                                            landmark_variance_scale=cfg.warp_landmark_sigma_scale ** 2,
+                                                            identity_sd=cfg.field_identity_sd)
         x = model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
         extra.update(deformation_components=int(n_fields),
