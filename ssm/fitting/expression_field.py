@@ -23,7 +23,8 @@ what the last fit used (:data:`RELEVANCE_ROUNDS`, automatic relevance): the fiel
 on the moved face and the identity is fitted by the rest. Below it the fit is left as it
 was. On the ICT expression cases (``benchmarks/bench_fitting.py``) this takes 7 landmarks
 from 2.21 to 1.05 mm and no landmarks from 2.26 to 1.10 mm (1.06 / 1.09 before the refit
-loosened the identity's prior, ``FitConfig.field_identity_sd``), the rounds correlating the
+loosened the identity's prior, ``FitConfig.field_identity_sd``; 1.014 / 1.014 mm with
+the refit's amplitude set by the probe, below), the rounds correlating the
 field's two sides when the first fit's field is mostly symmetric
 (:func:`ssm.fitting.deformation_basis.mirror_correlation`; without that, 1.12 and 1.13
 mm; with a field of 50 mm instead of ``FitConfig.warp_basis_length_mm``'s 30, 1.19 and
@@ -31,6 +32,16 @@ mm; with a field of 50 mm instead of ``FitConfig.warp_basis_length_mm``'s 30, 1.
 unchanged, for about 0.13 s more (the probe). The probe's field is always 50 mm long
 (:data:`ssm.fitting.deformation_basis.PROBE_LENGTH_MM`), the length its gate was
 measured with; the refit's is the config's.
+
+The refit's field has the probe's amplitude times ``(probe RMS / gate)^2`` (at least
+once): a stronger expression uses more of the probe's field and gets a freer one. With
+the identity's looser prior in the refit (``FitConfig.field_identity_sd``) a fixed
+larger amplitude helped the benchmark's expression (7 landmarks 1.051 mm at 1x, 1.018 at
+2x, 0.995 at 3x) but cost a smile (its 2 subjects 1.034 -> 1.065 / 1.138 mm); scaled
+by the probe, the benchmark's expression went 1.051 / 1.096 -> 1.014 / 1.014 mm (7
+landmarks / none), four other expressions with 7 landmarks 1.075 -> 1.063 mm (each the
+same or better), while the faces with 3 mm of detail outside the model, whose probe
+also fires, went 1.22 / 1.34 -> 1.26 / 1.45 mm (7 / none).
 
 The gate cannot tell an expression from a neutral face that leaves the model in other
 ways: ICT subjects with 3 mm of surface detail outside the model (bumps of 12 mm; the
@@ -78,17 +89,20 @@ def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, 
     if cfg.expression_field_gate_mm > 0:
         probe = field_rms(model, scan, state, cfg, amplitude, lms, lm_mask, fixed_scale, occluded)
     applied = probe is None or probe >= cfg.expression_field_gate_mm
-    extra = {"amplitude_mm": amplitude, "probe_rms_mm": None if probe is None else round(probe, 4),
+    extra = {"probe_amplitude_mm": amplitude, "probe_rms_mm": None if probe is None else round(probe, 4),
              "gate_mm": cfg.expression_field_gate_mm, "applied": applied}
     fitted = None
     if applied:
         region = np.ones(model.n_vertices, bool)
+        # the more the probe's field was used, the freer the refit's (a stronger expression)
+        if probe is not None and cfg.expression_field_gate_mm > 0:
+            amplitude *= max(1.0, (probe / cfg.expression_field_gate_mm) ** 2)
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
                                                             fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS,
                                                             identity_sd=cfg.field_identity_sd)
         x = model.instance(state.coeffs)
         fitted = (state, x, start)
-        extra.update(deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4),
+        extra.update(amplitude_mm=round(amplitude, 4), deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4),
                      mirror_correlation=round(mirror_rho, 4))
     corr = state.correspondences
     mean, med = residual_stats([] if corr is None else corr.distance_mm)

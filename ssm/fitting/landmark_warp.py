@@ -160,7 +160,8 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     (:data:`WARP_REFIT_FRACTION`), the model is fitted again with a smooth deformation
     field over that region (:mod:`ssm.fitting.deformation_basis`: the heat kernel of the
     model's surface, ``cfg.warp_basis_length_mm`` long, fading over
-    ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude), jointly with the
+    ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude, at least 1 mm, times
+    ``cfg.warp_amplitude_scale``), jointly with the
     identity, on the whole scan and all the landmarks: the identity stops bending to
     explain what it does not span, without losing the region's data. The warp of the
     landmarks that fit still misses is added on top. Over more than 45 % the warp is
@@ -188,7 +189,7 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
              "region_fraction": round(share, 4), "refit": refit, "applied": applied}
     start, final = x, warp
     if refit:
-        amplitude = max(warp.amplitude_mm, 1.0)
+        amplitude = max(warp.amplitude_mm, 1.0) * cfg.warp_amplitude_scale
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep,
                                                             fixed_scale, occluded,
                                                             smoothness=cfg.warp_basis_smoothness,
