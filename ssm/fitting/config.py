@@ -117,7 +117,9 @@ class FitConfig:
       expression_field_mm : when the landmark warp does not apply (fewer than 20
         landmarks, none, or landmarks that disagree with the fit over more than 45 % of
         the model; with 20+ that agree, the warp decides), probe with a smooth
-        deformation field of this amplitude over the whole model; 0 leaves it out.
+        deformation field of this amplitude over the whole model; 0 leaves it out. The
+        refit's field has this amplitude times ``(probe RMS / gate)^2``, at least once
+        (:mod:`ssm.fitting.expression_field`).
       expression_field_gate_mm : refit the model with the field when the probe's field
         has a larger RMS over the vertices than this (neutral ICT scans 0.27-1.03 mm
         over all the robustness benchmark's views, clouds, hair and busts, expressions

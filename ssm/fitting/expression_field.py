@@ -22,9 +22,9 @@ scalismo's augmented models), twice more with the field's per-vertex amplitude s
 what the last fit used (:data:`RELEVANCE_ROUNDS`, automatic relevance): the field gathers
 on the moved face and the identity is fitted by the rest. Below it the fit is left as it
 was. On the ICT expression cases (``benchmarks/bench_fitting.py``) this takes 7 landmarks
-from 2.21 to 1.05 mm and no landmarks from 2.26 to 1.10 mm (1.06 / 1.09 before the refit
-loosened the identity's prior, ``FitConfig.field_identity_sd``; 1.014 / 1.014 mm with
-the refit's amplitude set by the probe, below), the rounds correlating the
+from 2.21 to 1.01 mm and no landmarks from 2.26 to 1.01 mm (1.05 / 1.10 with the
+probe's amplitude, below; 1.06 / 1.09 before the refit loosened the identity's prior,
+``FitConfig.field_identity_sd``), the rounds correlating the
 field's two sides when the first fit's field is mostly symmetric
 (:func:`ssm.fitting.deformation_basis.mirror_correlation`; without that, 1.12 and 1.13
 mm; with a field of 50 mm instead of ``FitConfig.warp_basis_length_mm``'s 30, 1.19 and
