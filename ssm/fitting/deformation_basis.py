@@ -276,10 +276,11 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
     of ``coeffs`` (K,), with the kernel ``smoothness`` picks) and the model augmented with
     them at ``amplitude_mm`` (the identity's deviations ``identity_sd`` times the model's,
     :func:`augmented_model`). On a mesh they depend on the model alone, and are cached on
-    it per length, amplitude, smoothness and identity deviation (a cache, not state: the expression field's
-    probe runs on every scan; at most :data:`FIELD_CACHE_SIZE` entries). Each holds float32 (N, 3, K + 3 M): at 50 mm about
-    twice the model's own scaled basis (77 MB for the 11k-vertex ICT head), at 30 mm
-    about 2.6 times (132 MB)."""
+    it per length, amplitude, smoothness and identity deviation (a cache, not state: the
+    expression field's probe runs on every scan; its refit's amplitude follows the probe,
+    so that entry is rebuilt per scan; at most :data:`FIELD_CACHE_SIZE` entries). Each
+    holds float32 (N, 3, K + 3 M): at 50 mm about twice the model's own scaled basis
+    (77 MB for the 11k-vertex ICT head), at 30 mm about 2.6 times (132 MB)."""
     mesh = model.triangles is not None and len(model.triangles) > 0
     key = (length_mm, amplitude_mm, smoothness, identity_sd)
     cache = model.__dict__.get("_whole_model_fields") if mesh else None

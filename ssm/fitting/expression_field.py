@@ -102,7 +102,8 @@ def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, 
                                                             identity_sd=cfg.field_identity_sd)
         x = model.instance(state.coeffs)
         fitted = (state, x, start)
-        extra.update(amplitude_mm=round(amplitude, 4), deformation_components=int(n_fields), deformation_rms_mm=round(vertex_rms(start - x), 4),
+        extra.update(amplitude_mm=round(amplitude, 4), deformation_components=int(n_fields),
+                     deformation_rms_mm=round(vertex_rms(start - x), 4),
                      mirror_correlation=round(mirror_rho, 4))
     corr = state.correspondences
     mean, med = residual_stats([] if corr is None else corr.distance_mm)

@@ -26,9 +26,10 @@ landmarks still disagree with is added, and the result is the start of non-rigid
 which refines it along the normals and keeps the region's landmarks at its soft
 levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
 landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
-from 1.87 to 0.84 mm with the refit's landmark and identity weights
-(``FitConfig.warp_landmark_sigma_scale``, ``FitConfig.field_identity_sd``; 0.89 before
-them, 0.91 with the heat kernel instead of the rougher
+from 1.87 to 0.82 mm with the refit's landmark and identity weights and its freer field
+(``FitConfig.warp_landmark_sigma_scale``, ``FitConfig.field_identity_sd``,
+``FitConfig.warp_amplitude_scale``; 0.89 before them, 0.91 with the heat kernel instead
+of the rougher
 ``FitConfig.warp_basis_smoothness``; 0.96 without the field's mirror correlation either,
 :func:`ssm.fitting.deformation_basis.mirror_correlation`; 1.01 with a field of 50 mm
 instead of 30; at 50 mm over 10 subjects, before the benchmark's expression raised the
