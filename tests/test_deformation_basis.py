@@ -115,3 +115,7 @@ def test_whole_model_fields_are_cached_per_length():
     rough_f, _ = _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)
     assert rough_f.shape == long_f.shape and not np.allclose(rough_f, long_f)
     assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
+    # the entry used on every scan (the probe's) outlives refit entries of changing amplitudes
+    for amplitude in (1.5, 2.5, 3.5):
+        _whole_model_fields(model, cfg, amplitude, c, 25.0)
+        assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f

@@ -278,7 +278,8 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
     :func:`augmented_model`). On a mesh they depend on the model alone, and are cached on
     it per length, amplitude, smoothness and identity deviation (a cache, not state: the
     expression field's probe runs on every scan; its refit's amplitude follows the probe,
-    so that entry is rebuilt per scan; at most :data:`FIELD_CACHE_SIZE` entries). Each
+    so that entry is rebuilt per scan; at most :data:`FIELD_CACHE_SIZE` entries, the least
+    recently used dropped first). Each
     holds float32 (N, 3, K + 3 M): at 50 mm about twice the model's own scaled basis
     (77 MB for the 11k-vertex ICT head), at 30 mm about 2.6 times (132 MB)."""
     mesh = model.triangles is not None and len(model.triangles) > 0
@@ -288,7 +289,9 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
         cache = {}
         if mesh:
             object.__setattr__(model, "_whole_model_fields", cache)
-    if key not in cache:
+    if key in cache:  # least recently used goes first: the probe's entry, used on every
+        cache[key] = cache.pop(key)  # scan, outlives refit entries whose amplitude varies
+    else:
         fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
                                           length_mm, cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3),
                                           smoothness)

@@ -95,7 +95,7 @@ def expression_field_stage(model: ShapeModel, scan: Scan, state: ModelFitState, 
     if applied:
         region = np.ones(model.n_vertices, bool)
         # the more the probe's field was used, the freer the refit's (a stronger expression)
-        if probe is not None and cfg.expression_field_gate_mm > 0:
+        if probe is not None:  # None: no probe (gate 0), the field at its own amplitude
             amplitude *= max(1.0, (probe / cfg.expression_field_gate_mm) ** 2)
         state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, lm_mask,
                                                             fixed_scale, occluded, relevance_rounds=RELEVANCE_ROUNDS,
