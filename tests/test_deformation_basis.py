@@ -119,3 +119,16 @@ def test_whole_model_fields_are_cached_per_length():
     for amplitude in (1.5, 2.5, 3.5):
         _whole_model_fields(model, cfg, amplitude, c, 25.0)
         assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
+
+
+def test_non_positive_identity_sd_is_a_clear_error():
+    """A looser identity prior needs a positive factor; 0 or less names the setting."""
+    import pytest
+
+    from ssm.fitting.deformation_basis import fit_with_field
+
+    x = _sheet(6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"give a number > 0 \(FitConfig.field_identity_sd\)"):
+            fit_with_field(_points(x), None, None, FitConfig(), np.ones(len(x), bool), 1.0, None, None, None,
+                           identity_sd=bad)
