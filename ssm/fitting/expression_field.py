@@ -22,7 +22,8 @@ scalismo's augmented models), twice more with the field's per-vertex amplitude s
 what the last fit used (:data:`RELEVANCE_ROUNDS`, automatic relevance): the field gathers
 on the moved face and the identity is fitted by the rest. Below it the fit is left as it
 was. On the ICT expression cases (``benchmarks/bench_fitting.py``) this takes 7 landmarks
-from 2.21 to 1.01 mm and no landmarks from 2.26 to 1.01 mm (1.05 / 1.10 with the
+from 2.19 to 0.88 mm and no landmarks from 2.23 to 0.88 mm (1.01 / 1.01 before the model
+fit's exact last iteration, :func:`ssm.fitting.model_fit.fit_model`; 1.05 / 1.10 with the
 probe's amplitude, below; 1.06 / 1.09 before the refit loosened the identity's prior,
 ``FitConfig.field_identity_sd``), the rounds correlating the
 field's two sides when the first fit's field is mostly symmetric

@@ -87,7 +87,7 @@ def expression_model_stage(model: ShapeModel, expression: ShapeModel, scan: Scan
     probe = None
     if cfg.expression_model_gate_mm > 0:
         probe_state, _, _ = refit_augmented(model, aug, scan, state, cfg, lms, lm_mask, fixed_scale, occluded,
-                                            (1.0,), PROBE_ITERATIONS)
+                                            (1.0,), PROBE_ITERATIONS, exact_last=False)
         probe = expression_rms(probe_state.coeffs)
     applied = probe is None or probe >= cfg.expression_model_gate_mm
     extra = {"basis": "expression model", "components": int(expression.n_components),

@@ -341,8 +341,9 @@ def select_start(model: ShapeModel, scan: Scan, starts: list[Similarity], config
     for sim in starts:
         if orient is not None:
             scan = orient(sim)
-        state, _ = fit_model(model, scan, sim, rigid, fixed_scale=fixed_scale)
-        state, rep = fit_model(model, scan, state.pose, stiff, fixed_scale=fixed_scale, coeffs=state.coeffs)
+        state, _ = fit_model(model, scan, sim, rigid, fixed_scale=fixed_scale, exact_last=False)
+        state, rep = fit_model(model, scan, state.pose, stiff, fixed_scale=fixed_scale, coeffs=state.coeffs,
+                               exact_last=False)
         x = state.pose.apply(model.instance(state.coeffs))
         explained = scan_explained(scan, x, model.triangles, ruler, samples=2000)
         score = rep.residual_median_mm * state.pose.scale / ruler / max(explained, 0.05)

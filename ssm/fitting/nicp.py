@@ -35,7 +35,8 @@ from scipy.sparse.linalg import splu
 from ssm.fitting.config import FitConfig
 from ssm.fitting.correspondence import adaptive_gate, find_correspondences
 from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import instance_normals, landmark_boost, landmark_variance, surface_noise_variance
+from ssm.fitting.model_fit import (exact_scan_samples, instance_normals, landmark_boost, landmark_variance,
+                                   surface_noise_variance)
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
 from ssm.geometry.mesh_ops import uniform_laplacian
@@ -78,8 +79,11 @@ def nicp(model: ShapeModel, scan: Scan, pose: Similarity, x0: np.ndarray, config
             xs = pose.apply(x)
             ns = instance_normals(model, x) @ pose.rotation.T
             gate = adaptive_gate(corr, config.max_distance_mm, config.min_distance_mm)
+            # the softest level matches every scan point: its targets average the scan's
+            # noise instead of a sample's (7-landmark expression 0.884 -> 0.882 mm)
+            samples = exact_scan_samples(scan, config) if li == len(levels) - 1 else config.scan_samples
             corr = find_correspondences(xs, ns, scan, 1.0 / pose.scale, gate, config.normal_cos,
-                                        config.scan_samples, rng, None if occluded is None else ~occluded)
+                                        samples, rng, None if occluded is None else ~occluded)
             if len(corr) < 10:
                 break
             w = np.zeros(n)
