@@ -122,14 +122,17 @@ class FitConfig:
         landmarks, none, or landmarks that disagree with the fit over more than 45 % of
         the model; with 20+ that agree, the warp decides), probe with a smooth
         deformation field of this amplitude over the whole model; 0 leaves it out. The
-        refit's field has this amplitude times ``(probe RMS / gate)^2``, at least once
-        (:mod:`ssm.fitting.expression_field`).
+        refit's field has this amplitude times ``(probe RMS / 1.1 mm)^2``, at least once
+        (:data:`ssm.fitting.expression_field.AMPLITUDE_REFERENCE_MM`).
       expression_field_gate_mm : refit the model with the field when the probe's field
-        has a larger RMS over the vertices than this (neutral ICT scans 0.27-1.03 mm
-        over all the robustness benchmark's views, clouds, hair and busts, expressions
-        1.15-2.2 mm, at 1 mm amplitude; faces with much detail outside the
-        model reach 1.0-1.7 mm: see :mod:`ssm.fitting.expression_field`); 0 always refits
-        (a scan known to show an expression).
+        has a larger RMS over the vertices than this (neutral ICT scans 0.37-0.93 mm
+        over bench_fitting's cases and all the robustness benchmark's views, clouds,
+        hair, busts and bodies since the model fit's exact last iteration, 0.27-1.03 mm
+        before; expressions 1.07-2.2 mm, at 1 mm amplitude; faces with much detail
+        outside the model reach 1.2-1.4 mm: see :mod:`ssm.fitting.expression_field`); 0
+        always refits (a scan known to show an expression). It was 1.1 mm: a one-sided
+        smile with a squint probed at 1.07 on one subject and kept the identity-only
+        fit, 1.49 mm from the truth against 0.79 with the field.
     Expression model (:mod:`ssm.fitting.expression_model`; a model file with an
     expression basis, given to :func:`ssm.fit` as ``expression_model``)
       expression_model_gate_mm : fit the expression when a quick probe's expression
@@ -193,7 +196,7 @@ class FitConfig:
     field_identity_sd: float = 2.0
     mirror_field: bool = True
     expression_field_mm: float = 1.0
-    expression_field_gate_mm: float = 1.1
+    expression_field_gate_mm: float = 1.0
     expression_model_gate_mm: float = 1.35
     nicp: bool = True
     nicp_stiffness: tuple[float, ...] = (30.0, 10.0, 3.0, 1.0)
