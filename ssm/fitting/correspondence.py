@@ -113,16 +113,22 @@ def find_correspondences(verts: np.ndarray, vnormals: np.ndarray, scan: Scan, mm
     dist_mm = np.linalg.norm(target - verts[have], axis=1) * mm_per_unit
     # robust weights: Geman-McClure with a scale from the median residual
     if robust_mm is None:
-        scale = max(1.4826 * float(np.median(dist_mm)) if len(dist_mm) else 1.0, 0.5)
+        scale = max(robust_sigma_mm(dist_mm) if len(dist_mm) else 1.0, 0.5)
     else:
         scale = robust_mm / 2.0
     w = 1.0 / (1.0 + (dist_mm / (2.0 * scale)) ** 2) ** 2
     return Correspondences(have, target, nrm, w, dist_mm)
 
 
+def robust_sigma_mm(distance_mm: np.ndarray) -> float:
+    """The Gaussian sigma (mm) that the median of the (C,) residual lengths implies
+    (1.4826 x the median): the spread of the inliers, whatever the outliers do."""
+    return 1.4826 * float(np.median(distance_mm))
+
+
 def adaptive_gate(previous: Correspondences | None, config_max: float, config_min: float) -> float:
     """Distance gate (mm) for the next search: 3 robust sigmas of the last residuals."""
     if previous is None or len(previous) < 10:
         return config_max
-    sigma = 1.4826 * float(np.median(previous.distance_mm))
+    sigma = robust_sigma_mm(previous.distance_mm)
     return float(np.clip(4.0 * sigma + 1.0, config_min, config_max))

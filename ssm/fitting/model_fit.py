@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.correspondence import Correspondences, adaptive_gate, find_correspondences
+from ssm.fitting.correspondence import Correspondences, adaptive_gate, find_correspondences, robust_sigma_mm
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.scan import Scan
 from ssm.fitting.stage import StageReport, residual_stats
@@ -345,7 +345,7 @@ def landmark_boost(n_corr: float) -> float:
 def surface_noise_variance(distance_mm: np.ndarray) -> float:
     """The variance (mm^2) of one surface correspondence: the robust spread of the
     correspondence distances (C,) mm (1.4826 x their median), at least 0.3 mm."""
-    return max((1.4826 * float(np.median(distance_mm))) ** 2, 0.3 ** 2)
+    return max(robust_sigma_mm(distance_mm) ** 2, 0.3 ** 2)
 
 
 def landmark_variance(cov: np.ndarray | None, pose: Similarity, sigma_mm: float) -> np.ndarray:

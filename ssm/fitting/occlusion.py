@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.correspondence import find_correspondences
+from ssm.fitting.correspondence import find_correspondences, robust_sigma_mm
 from ssm.fitting.landmark_match import MatchedLandmarks
 from ssm.fitting.model_fit import ModelFitState, fit_model, instance_normals
 from ssm.fitting.scan import Scan
@@ -88,7 +88,7 @@ def occluded_vertices(residual: np.ndarray, adjacency: sp.csr_matrix, rings: int
     for _ in range(rings):
         val, cnt = adjacency @ val, adjacency @ cnt
     mean = np.divide(val, cnt, out=np.zeros_like(val), where=cnt > 0)
-    sigma = 1.4826 * float(np.median(np.abs(residual[have])))
+    sigma = robust_sigma_mm(np.abs(residual[have]))
     out = mean > max(OUTSIDE_MM, 5.0 * sigma)
     weak = mean > max(GROW_MM, 2.0 * sigma)
     for _ in range(200):  # grow the strong regions through the weak vertices

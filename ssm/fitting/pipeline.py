@@ -26,7 +26,7 @@ from ssm.fitting.occlusion import occlusion_stage
 from ssm.fitting.result import FitResult
 from ssm.fitting.scan import Scan, load_scan, orient_normals, scan_explained, scan_from_arrays
 from ssm.fitting.stage import StageReport, residual_stats
-from ssm.fitting.correspondence import find_correspondences
+from ssm.fitting.correspondence import find_correspondences, robust_sigma_mm
 from ssm.fitting.uncertainty import fit_stddev
 from ssm.geometry.similarity import Similarity
 from ssm.geometry.torch_ops import smooth_uncertain
@@ -390,7 +390,7 @@ def measured_vertices(points: np.ndarray, scan: Scan, units_per_mm: float, corr)
     KD-tree query, where the surface distance would cost a pass over every triangle of
     a dense scan (1.2 s at 6M).
     """
-    sigma = 1.4826 * float(np.median(corr.distance_mm)) if corr is not None and len(corr) else 0.0
+    sigma = robust_sigma_mm(corr.distance_mm) if corr is not None and len(corr) else 0.0
     d, _ = scan.tree.query(points, workers=-1)
     return d / units_per_mm < max(3.0 * sigma, MEASURED_MIN_MM)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.correspondence import Correspondences
+from ssm.fitting.correspondence import Correspondences, robust_sigma_mm
 from ssm.geometry.similarity import Similarity
 from ssm.models.shape_model import ShapeModel
 
@@ -35,7 +35,7 @@ def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_mod
         return np.full(n, np.nan)
     from ssm.fitting.model_fit import scaled_basis
 
-    s2 = max((1.4826 * float(np.median(corr.distance_mm))) ** 2, 0.05 ** 2)  # per-axis scan noise, mm^2
+    s2 = max(robust_sigma_mm(corr.distance_mm) ** 2, 0.05 ** 2)  # per-axis scan noise, mm^2
     # posterior covariance of the coefficients, S = (I + Q^T W Q / s2)^-1 (the same as
     # ShapeModel.posterior, without forming the posterior model), then the marginal
     # E|e_v|^2 = trace(Phi_v S Phi_v^T) for every vertex, in float32 products
