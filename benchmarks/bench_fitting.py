@@ -91,7 +91,7 @@ def expression_model_rows(ict, seeds: int) -> list[dict]:
     with a model whose corpus also holds expression scans (random ICT blendshape
     mixtures of the training identities, none the held-out one)."""
     from ssm.demo.ict_cases import heldout_case
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         model = train_model(ict, Path(tmp), expressions=True)
@@ -163,7 +163,7 @@ def fits_with_expression_model(ict, model, expression, seeds: int, method: str) 
     """Rows of the frontal cases with 68, 7 and no landmarks, neutral and with the
     held-out expression, fitted with ``model`` and its ``expression`` model."""
     from ssm.demo.ict_cases import heldout_case
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
 
     rows = []
     for lmk in ("68", "7", "none"):
@@ -190,14 +190,14 @@ def expression_field_rows(ict, model, seeds: int) -> list[dict]:
 
     from ssm.demo.ict_cases import heldout_case
     from ssm.fitting.config import FitConfig
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
 
     rows = []
     for lmk in ("7", "none"):
         for expr, method, cfg in ((True, "ssm, --expression-field off",
-                                   dataclasses.replace(FitConfig(), expression_field_mm=0.0)),
+                                   FitConfig().replace(expression_field_mm=0.0)),
                                   (False, "ssm, --expression-field on",
-                                   dataclasses.replace(FitConfig(), expression_field_gate_mm=0.0))):
+                                   FitConfig().replace(expression_field_gate_mm=0.0))):
             for seed in range(seeds):
                 case = heldout_case(ict, seed, views="frontal", landmarks=lmk, expression=expr, units="mm")
                 t = time.perf_counter()
@@ -211,12 +211,13 @@ def expression_field_rows(ict, model, seeds: int) -> list[dict]:
 
 def init_pose(model, case):
     from ssm.fitting.config import FitConfig
-    from ssm.fitting.init_landmarks import landmark_similarity
-    from ssm.fitting.landmark_match import match_landmarks
+    from ssm.fitting.initialise.from_landmarks import landmark_similarity
+    from ssm.fitting.prepare.landmarks import match_landmarks
+    from ssm.fitting.problem import RandomStreams
     from ssm.io.landmarks import LandmarkPoints
 
     lms = match_landmarks(dict(model.landmarks), LandmarkPoints(case.landmarks))
-    sim, inl, _ = landmark_similarity(model.mean[lms.vertex], lms, FitConfig())
+    sim, inl, _ = landmark_similarity(model.mean[lms.vertex], lms, FitConfig().init, RandomStreams().rng("landmark_init"))
     return sim, lms, inl
 
 
@@ -255,8 +256,8 @@ def real_scan_rows(model, narrow_face: int) -> list[dict]:
     """Fits of the real scans in ../shared/data/scans: no ground truth, so the fit's
     distance to the scan on the narrow face, the share of the scan it explains, and
     the landmark errors (another annotator's definitions: indicative only)."""
-    from ssm.fitting.pipeline import fit
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.fit import fit
+    from ssm.fitting.prepare.scan import load_scan
 
     rows = []
     for scan_name, lm_name in REAL_SCANS:
@@ -288,7 +289,7 @@ def main() -> None:
         return
     from ssm.demo.ict_cases import heldout_case
     from ssm.fitting.config import FitConfig
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
 
     nf = ict.narrow_face
     rows = []

@@ -59,8 +59,8 @@ def without_open3d() -> bool:
     """When Open3D is missing, fit-to-scan distances go to the nearest scan vertex."""
     from scipy.spatial import cKDTree
 
-    import ssm.fitting.init_auto as init_auto
-    import ssm.fitting.pipeline as pipeline
+    import ssm.fitting.initialise.search as init_auto
+    import ssm.fitting.fit as pipeline
     from ssm.geometry.surface_distance import optional_open3d
 
     if optional_open3d() is not None:
@@ -100,7 +100,7 @@ def main() -> None:
         return
     import torch
 
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
     from ssm.geometry.similarity import Similarity
 
     approx = without_open3d()

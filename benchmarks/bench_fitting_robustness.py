@@ -131,7 +131,7 @@ def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
 
         scan = (verts, None, vertex_normals(verts, faces))
     if edit == "cloud+pca":  # a PCA estimate saved without orientation: sides flip in patches
-        from ssm.fitting.scan import pca_normals
+        from ssm.fitting.prepare.scan import pca_normals
 
         n = pca_normals(verts)
         side = np.sign(np.sin(verts @ rng.normal(0, 0.2, 3) / raw.to_scan.scale))  # patches ~15 mm
@@ -149,7 +149,7 @@ def main() -> None:
     ict = load_ict_or_skip()
     if ict is None:
         return
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         model = train_model(ict, Path(tmp))

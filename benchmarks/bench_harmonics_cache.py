@@ -40,7 +40,7 @@ def mesh() -> tuple[str, np.ndarray, np.ndarray]:
 
 def timed(vertices: np.ndarray, triangles: np.ndarray, length_mm: float, cache: str):
     """Seconds to get the harmonics for ``length_mm`` on a fresh model, and them."""
-    from ssm.fitting.deformation_basis import model_harmonics
+    from ssm.fitting.refine.deformation_basis import model_harmonics
     from ssm.models.shape_model import ShapeModel
 
     os.environ["SSM_CACHE_DIR"] = cache

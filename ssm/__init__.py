@@ -21,9 +21,10 @@ _LAZY = {
     "SSMError": ("ssm.errors", "SSMError"),
     "ModelTrainer": ("ssm.training.trainer", "ModelTrainer"),
     "train_model": ("ssm.training.trainer", "train_model"),
-    "fit": ("ssm.fitting.pipeline", "fit"),
+    "fit": ("ssm.fitting.fit", "fit"),
     "FitConfig": ("ssm.fitting.config", "FitConfig"),
-    "FitResult": ("ssm.fitting.result", "FitResult"),
+    "FitResult": ("ssm.fitting.outputs.result", "FitResult"),
+    "FitProblem": ("ssm.fitting.problem", "FitProblem"),
     "fuse": ("ssm.fusion.fuse", "fuse"),
     "GeometrySource": ("ssm.fusion.fuse", "GeometrySource"),
 }

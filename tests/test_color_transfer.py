@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ssm.fitting.color_transfer import harmonic_fill, scan_colors_at, vertex_colors
-from ssm.fitting.scan import load_scan, scan_from_arrays
+from ssm.fitting.outputs.colors import harmonic_fill, scan_colors_at, vertex_colors
+from ssm.fitting.prepare.scan import load_scan, scan_from_arrays
 from ssm.fusion.uv_maps import bake_to_map, rasterise_uv
 from ssm.io.meshes import read_mesh
 
@@ -135,7 +135,7 @@ def test_mesh_colours_survive_welding_and_textures_are_sampled(tmp_path):
     assert len(scan.points) == len(v)  # welded
     np.testing.assert_allclose(scan.colors, _ramp(scan.points), atol=1 / 255)
     # a texture (OBJ, GLB): kept whole, and each vertex reads the texel under its uv
-    from ssm.fitting.color_transfer import texture_colors_at
+    from ssm.fitting.outputs.colors import texture_colors_at
 
     uv = (v[:, :2] - v[:, :2].min(0)) / np.ptp(v[:, :2], axis=0) * 0.8 + 0.1
     img = np.zeros((64, 64, 3), np.uint8)
@@ -161,7 +161,7 @@ def test_a_textured_scan_gives_the_fit_its_texture_at_full_resolution(tmp_path):
     import trimesh
     from PIL import Image
 
-    from ssm.fitting.color_transfer import bake_texture
+    from ssm.fitting.outputs.colors import bake_texture
 
     v, f = _grid(6, 20.0)  # 100 x 100 scan units
     uv = v[:, :2] / 100.0
@@ -191,7 +191,7 @@ def test_obj_texture_coordinates_per_corner_keep_their_charts_across_a_seam(tmp_
     (read in vertex order, the seam's vertices would keep one chart's coordinate)."""
     from PIL import Image
 
-    from ssm.fitting.color_transfer import texture_colors_at
+    from ssm.fitting.outputs.colors import texture_colors_at
 
     v, f = _grid(6, 20.0)
     v[:, 2] = 0.01 * ((v[:, :2] - 50.0) ** 2).sum(1)

@@ -8,9 +8,9 @@ import numpy as np
 from conftest import grid_triangles
 
 from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import (FIELD_CACHE_SIZE, RELEVANCE_FLOOR, _neighbour_average, _whole_model_fields,
+from ssm.fitting.refine.deformation_basis import (FIELD_CACHE_SIZE, RELEVANCE_FLOOR, _neighbour_average, _whole_model_fields,
                                           augmented_model, relevance, smooth_deformation_basis)
-from ssm.fitting.model_fit import basis_instance, scaled_basis
+from ssm.fitting.model_fit.iterate import basis_instance, scaled_basis
 from ssm.models.shape_model import ShapeModel
 
 
@@ -125,7 +125,7 @@ def test_non_positive_identity_sd_is_a_clear_error():
     """A looser identity prior needs a positive factor; 0 or less names the setting."""
     import pytest
 
-    from ssm.fitting.deformation_basis import fit_with_field
+    from ssm.fitting.refine.deformation_basis import fit_with_field
 
     x = _sheet(6)
     for bad in (0.0, -1.0):

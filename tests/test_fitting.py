@@ -10,9 +10,9 @@ from conftest import shared_file
 from ssm.demo.raw_scans import make_raw_scan
 from ssm.errors import SSMError
 from ssm.fitting.config import FitConfig
-from ssm.fitting.init_landmarks import landmark_similarity
-from ssm.fitting.landmark_match import match_landmarks
-from ssm.fitting.pipeline import fit
+from ssm.fitting.initialise.from_landmarks import landmark_similarity
+from ssm.fitting.prepare.landmarks import match_landmarks
+from ssm.fitting.fit import fit
 from ssm.geometry.similarity import Similarity, similarity_step
 from ssm.io.landmarks import LandmarkPoints
 
@@ -62,7 +62,7 @@ def test_similarity_step_converges_to_known_transform():
 def test_coefficient_solve_recovers_known_coefficients(synth_model):
     """Exact targets at every vertex: the MAP solve (subsampled point-to-point rows or
     not) returns the true coefficients up to the tiny prior shrinkage."""
-    from ssm.fitting.model_fit import solve_coefficients
+    from ssm.fitting.model_fit.iterate import solve_coefficients
     from ssm.geometry.mesh_ops import vertex_normals
 
     model = synth_model
@@ -89,7 +89,7 @@ def test_coefficient_solve_and_instance_on_a_torch_device_match_numpy(synth_mode
     pose columns and landmarks included."""
     import torch
 
-    from ssm.fitting.model_fit import basis_instance, scaled_basis, solve_coefficients
+    from ssm.fitting.model_fit.iterate import basis_instance, scaled_basis, solve_coefficients
     from ssm.geometry.mesh_ops import vertex_normals
 
     model = synth_model
@@ -115,8 +115,8 @@ def test_model_fit_stops_at_a_collapsing_pose(synth_model, monkeypatch):
     """A pose update that collapses the scale (a degenerate solve) ends the model fit at
     the last sound iterate, reported as not converged, instead of handing on a model
     shrunk to a point (which once came out as a negative scale and NaN residuals)."""
-    import ssm.fitting.model_fit as mf
-    from ssm.fitting.scan import scan_from_arrays
+    import ssm.fitting.model_fit.iterate as mf
+    from ssm.fitting.prepare.scan import scan_from_arrays
 
     model = synth_model
     x = model.instance(np.zeros(model.n_components))
@@ -161,8 +161,8 @@ def test_model_fit_ends_on_every_vertex_and_scan_point(synth_model, generator, m
     """The model fit's iterations match random subsets (vertices, scan points, solve
     rows), but its last one matches them all and takes the plain solve: the result is
     the MAP fit for its correspondences, so it hardly depends on the random draws."""
-    import ssm.fitting.model_fit as mf
-    from ssm.fitting.scan import scan_from_arrays
+    import ssm.fitting.model_fit.iterate as mf
+    from ssm.fitting.prepare.scan import scan_from_arrays
 
     model = synth_model
     truth, raw = _case(generator, 11, units="mm")
@@ -192,7 +192,7 @@ def test_model_fit_ends_on_every_vertex_and_scan_point(synth_model, generator, m
 def test_joint_pose_and_shape_step_recovers_both(synth_model):
     """Targets = a known instance moved by a small known similarity: the joint solve
     returns the coefficients and the similarity step (up to second-order terms)."""
-    from ssm.fitting.model_fit import solve_coefficients
+    from ssm.fitting.model_fit.iterate import solve_coefficients
     from ssm.geometry.similarity import step_similarity
     from ssm.geometry.mesh_ops import vertex_normals
 
@@ -229,7 +229,7 @@ def test_batched_hypothesis_icp_matches_one_at_a_time():
     as the one-hypothesis ICP."""
     from scipy.spatial import cKDTree
 
-    from ssm.fitting.init_auto import _icp_batch
+    from ssm.fitting.initialise.search import _icp_batch
     from ssm.geometry.nearest import DevicePoints, TreePoints
     from ssm.geometry.similarity import axis_angle_rotation
 
@@ -251,7 +251,7 @@ def test_batched_hypothesis_icp_matches_one_at_a_time():
 
 def test_nicp_plane_targets_move_only_along_the_normal():
     """Point-to-plane targets are the feet on the tangent plane: no tangential pull."""
-    from ssm.fitting.nicp import plane_targets
+    from ssm.fitting.refine.nicp import plane_targets
 
     x = np.array([[0.0, 0.0, 1.0], [2.0, 3.0, -1.0], [0.0, 0.0, 0.0]])
     y = np.array([[5.0, -4.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
@@ -281,7 +281,7 @@ def test_fit_without_landmarks_ignores_a_wall_behind_the_head(synth_model, gener
 def test_point_cloud_borders_and_normal_sides():
     """A point cloud's border is found from its neighbourhoods, and its unoriented
     normals take the side of a reference surface."""
-    from ssm.fitting.scan import orient_normals, scan_from_arrays
+    from ssm.fitting.prepare.scan import orient_normals, scan_from_arrays
 
     g = np.stack(np.meshgrid(np.arange(-20.0, 21.0), np.arange(-20.0, 21.0)), -1).reshape(-1, 2)
     g = g[np.linalg.norm(g, axis=1) <= 20.0]
@@ -310,8 +310,8 @@ def test_matching_over_a_scan_subset_keeps_every_border_point(monkeypatch):
     from scipy.spatial import cKDTree
 
     from ssm.fitting import scan as scan_module
-    from ssm.fitting.correspondence import find_correspondences
-    from ssm.fitting.scan import scan_from_arrays
+    from ssm.fitting.model_fit.correspondence import find_correspondences
+    from ssm.fitting.prepare.scan import scan_from_arrays
 
     g = np.stack(np.meshgrid(np.arange(60.0), np.arange(60.0)), -1).reshape(-1, 2)
     pts = np.column_stack([g, np.zeros(len(g))])
@@ -337,8 +337,8 @@ def test_matching_over_a_scan_subset_keeps_every_border_point(monkeypatch):
 def test_residual_planes_take_the_model_normals_and_the_scan_ones_only_without():
     """Each correspondence's residual plane is the model vertex's normal, not the noisy
     scan normal at its target; a point model (no normals) gets the scan's."""
-    from ssm.fitting.correspondence import find_correspondences
-    from ssm.fitting.scan import scan_from_arrays
+    from ssm.fitting.model_fit.correspondence import find_correspondences
+    from ssm.fitting.prepare.scan import scan_from_arrays
 
     rng = np.random.default_rng(3)
     g = np.stack(np.meshgrid(np.arange(40.0), np.arange(40.0)), -1).reshape(-1, 2)
@@ -507,7 +507,7 @@ def test_brute_force_search_path_gives_the_same_fit(synth_model, generator, monk
     torch on the CPU, gives the CPU path's fit: the same vertices but for float32
     rounding and near ties, and the same error against the truth."""
     import ssm.geometry.nearest as nearest_mod
-    from ssm.fitting.scan import scan_from_arrays
+    from ssm.fitting.prepare.scan import scan_from_arrays
 
     truth, raw = _case(generator, seed=5)
     names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
@@ -572,7 +572,7 @@ def test_a_head_on_a_whole_body_scan_converges(synth_model, generator):
     is right, and converged, judged on the scan near it (pipeline.EXPLAINED_REACH_MM)."""
     import trimesh
 
-    from ssm.fitting.scan import scan_explained, scan_from_arrays
+    from ssm.fitting.prepare.scan import scan_explained, scan_from_arrays
 
     rng = np.random.default_rng(8)
     truth = generator.heads(rng.standard_normal(generator.fields.shape[0]))[0]
@@ -682,7 +682,7 @@ def test_fit_cli_goes_on_after_an_unexpected_error(synth_model, generator, tmp_p
     scans are still fitted."""
     from typer.testing import CliRunner
 
-    import ssm.fitting.pipeline as pipeline
+    import ssm.fitting.fit as pipeline
     from ssm.cli.app import app
     from ssm.io.meshes import write_mesh
     from ssm.io.model_file import save_model
@@ -1258,7 +1258,7 @@ def test_near_named_unit():
     """A head fitted at its own size in a named unit (give or take 30 %) is in that unit;
     one five times too large (laid over a whole body in mm) or in a scanner's own units
     is in none (the body's head-sized windows are then tried too)."""
-    from ssm.fitting.init_auto import near_named_unit
+    from ssm.fitting.initialise.search import near_named_unit
 
     for scale in (1.0, 0.1, 0.001, 1 / 25.4, 1000.0, 1.2, 0.085):
         assert near_named_unit(scale), scale

@@ -96,7 +96,7 @@ def test_fusing_two_noisy_fits_of_one_subject(tmp_path):
     plain average when one scan is degraded."""
     from conftest import shared_file
     from ssm.demo.ict_cases import heldout_case, load_ict, subjects
-    from ssm.fitting.pipeline import fit
+    from ssm.fitting.fit import fit
     from ssm.io.corpus import write_corpus
     from ssm.training.trainer import ModelTrainer
 

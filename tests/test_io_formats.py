@@ -76,7 +76,7 @@ def test_stl_scans_are_welded_so_only_real_borders_are_borders(tmp_path, kind):
     and model -> scan matches would all be dropped."""
     import trimesh
 
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.prepare.scan import load_scan
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=80.0)
     cap = sphere.vertices[:, 2] > -40.0  # a cap: a surface with one real border
@@ -115,7 +115,7 @@ def test_repeated_faces_are_dropped_so_borders_stay_borders(copy):
     instead of 0.42 mm off when double-sided)."""
     import trimesh
 
-    from ssm.fitting.scan import scan_from_arrays
+    from ssm.fitting.prepare.scan import scan_from_arrays
     from ssm.geometry.mesh_ops import first_of_repeated_faces
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=80.0)
@@ -136,7 +136,7 @@ def test_ply_point_cloud_normals_are_read_and_used(tmp_path, points, ascii_):
     oriented) even when a few points (stray ones) have none."""
     import open3d as o3d
 
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.prepare.scan import load_scan
 
     p, n = points
     n = n.copy()
@@ -165,7 +165,7 @@ def test_cloud_normals_flipped_in_patches_are_axes_not_sides(tmp_path):
     and the normals keep their axes; scanner normals, one side throughout, stay oriented."""
     import open3d as o3d
 
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.prepare.scan import load_scan
 
     rng = np.random.default_rng(3)
     u, v = rng.uniform(-1, 1, (2, 4000))

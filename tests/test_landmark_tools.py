@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssm.errors import InputFileError
-from ssm.fitting.landmark_match import match_landmarks
+from ssm.fitting.prepare.landmarks import match_landmarks
 from ssm.io.landmarks import read_landmark_points
 
 P = np.array([[-31.5, 40.25, 12.0], [33.0, 41.5, 11.75], [0.5, 5.0, 45.125], [-22.0, -30.0, 20.5]])

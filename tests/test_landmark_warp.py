@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ssm.fitting.landmark_warp import MIN_LANDMARKS, landmark_warp
+from ssm.fitting.refine.landmark_warp import MIN_LANDMARKS, landmark_warp
 
 
 def _grid(n_side: int, size_mm: float) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import trimesh
 from conftest import grid_triangles
 
-from ssm.fitting.deformation_basis import heat_kernel_fields, smooth_deformation_basis
+from ssm.fitting.refine.deformation_basis import heat_kernel_fields, smooth_deformation_basis
 from ssm.geometry.mesh_spectrum import low_harmonics
 from ssm.models.shape_model import ShapeModel
 
@@ -69,7 +69,7 @@ def test_fields_fade_outside_the_region():
 
 
 def test_model_harmonics_are_cached_on_disk_and_the_same(tmp_path, monkeypatch):
-    import ssm.fitting.deformation_basis as D
+    import ssm.fitting.refine.deformation_basis as D
 
     monkeypatch.setenv("SSM_CACHE_DIR", str(tmp_path))
     s = trimesh.creation.icosphere(subdivisions=3, radius=60.0)

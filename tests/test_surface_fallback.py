@@ -48,7 +48,7 @@ def test_numpy_search_matches_open3d_near_the_surface():
 
 
 def test_surface_query_and_cloud_normals_fall_back_to_numpy(no_open3d):
-    from ssm.fitting.scan import pca_normals
+    from ssm.fitting.prepare.scan import pca_normals
 
     rng = np.random.default_rng(1)
     m = trimesh.creation.icosphere(3)

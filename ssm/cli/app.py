@@ -307,8 +307,6 @@ def fit(
     A model with a UV layout: fit.obj, fit_model_frame.obj; a scan with colours: fit_texture.png.
 
     With geometry maps, also fused.ply / fused.json."""
-    import dataclasses
-
     from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans, load_fit_model
     from ssm.cli.progress import progress_bars
     from ssm.device import device_name
@@ -331,9 +329,9 @@ def fit(
         gates["expression_field_gate_mm"] = 0.0
     if expression_model == "on":
         gates["expression_model_gate_mm"] = 0.0
-    cfg = dataclasses.replace(cfg, nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion, mirror_field=mirror_field,
-                              expression_field_mm=0.0 if expression_field == "off" else cfg.expression_field_mm,
-                              **gates)
+    cfg = cfg.replace(nicp=nicp, landmark_warp=landmark_warp, occlusion=occlusion, mirror_field=mirror_field,
+                      expression_field_mm=0.0 if expression_field == "off" else cfg.refine.expression_field_mm,
+                      **gates)
     if landmarks and len(scans) > 1 and "{stem}" not in landmarks:
         raise SSMError("with several scans, --landmarks must contain {stem} (e.g. 'lm/{stem}.csv')")
     con = _console()

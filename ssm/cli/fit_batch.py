@@ -77,9 +77,9 @@ class ScanOutcome:
 
 def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutcome:
     """Fit one scan and write its outputs (and the fused geometry maps, if any)."""
-    from ssm.fitting.outputs import write_fit
-    from ssm.fitting.pipeline import fit
-    from ssm.fitting.scan import load_scan
+    from ssm.fitting.outputs.write import write_fit
+    from ssm.fitting.fit import fit
+    from ssm.fitting.prepare.scan import load_scan
 
     name = job.scan.name
     try:

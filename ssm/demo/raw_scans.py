@@ -108,7 +108,7 @@ def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | floa
         transform (the unit change is the scale); fov_mm : each range image's width and
         height at the mesh's centre (320: a head; 560: head and shoulders).
     """
-    from ssm.io.units import mm_per_unit
+    from ssm.units import mm_per_unit
 
     rng = np.random.default_rng(seed)
     centre = vertices.mean(0)

@@ -112,9 +112,9 @@ def _fit_demo(model, gen, out: Path, seed: int, say) -> dict:
     """5. A held-out head -> raw-looking scan (new topology, noise, holes, outliers, pose,
     centimetres) with 7 noisy landmarks -> fit -> error against the truth."""
     from ssm.demo.raw_scans import make_raw_scan
-    from ssm.fitting.outputs import write_fit
-    from ssm.fitting.pipeline import fit
-    from ssm.fitting.scan import scan_from_arrays
+    from ssm.fitting.outputs.write import write_fit
+    from ssm.fitting.fit import fit
+    from ssm.fitting.prepare.scan import scan_from_arrays
     from ssm.io.meshes import write_mesh
 
     rng = np.random.default_rng(seed + 2)

@@ -5,7 +5,7 @@ Faces are nearly symmetric, and so are most of their expressions (a smile on bot
 sides, an open jaw, raised brows). :func:`find_mirror` finds the plane from the shape
 alone (no landmark names, no axis conventions), so that a deformation field can be
 told that what happens on one side tends to happen on the other
-(:mod:`ssm.fitting.deformation_basis`).
+(:mod:`ssm.fitting.refine.deformation_basis`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from ssm.io.atomic import disk_error
 from ssm.io.corpus import CorpusWriter
 from ssm.io.landmarks import read_template_landmarks
 from ssm.io.meshes import MESH_SUFFIXES, read_mesh
-from ssm.io.units import check_head_units, mm_per_unit
+from ssm.units import check_head_units, mm_per_unit
 
 log = logging.getLogger(__name__)
 

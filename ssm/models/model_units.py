@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from ssm.io.units import HEAD_DIAGONAL_MM, MM_PER_UNIT, guess_units
+from ssm.units import HEAD_DIAGONAL_MM, MM_PER_UNIT, guess_units
 from ssm.models.shape_model import ShapeModel
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def model_mm_per_unit(model: ShapeModel) -> float:
     """Millimetres per model unit.
 
     The declared ``model.units`` (mm when unknown) when the mean's bounding-box diagonal
-    is head-sized in it (:data:`~ssm.io.units.HEAD_DIAGONAL_MM`); otherwise the one of
+    is head-sized in it (:data:`~ssm.units.HEAD_DIAGONAL_MM`); otherwise the one of
     :data:`MODEL_UNITS` it is head-sized in (a FLAME model in metres: 0.3 across; a
     Basel 2009 model in micrometres: 250,000); otherwise the declared unit (a model of
     something other than a head, left as it is).

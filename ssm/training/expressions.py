@@ -4,7 +4,7 @@ neutral scan, in the identity model's frame, then a PCA of those offsets.
 This is the Basel Face Model's layout (a face is ``identity mean + expression mean +
 identity basis a + expression basis b``): saved beside the identity model with
 ``save_model(model, path, expression=...)``, it lets ``ssm fit`` fit a face's
-expression apart from its identity (:mod:`ssm.fitting.expression_model`).
+expression apart from its identity (:mod:`ssm.fitting.refine.expression_model`).
 
 Pairing: an expression scan belongs to the neutral scan whose subject id starts its own,
 followed by a separator (``s012`` for ``s012_smile`` or ``s012/jaw_open``, not for

@@ -39,7 +39,7 @@ class Scan:
     device : where the fit's closest-point searches run: "cpu" (KD-trees) or a torch
         device such as "cuda" (brute force, :mod:`ssm.geometry.nearest`); :meth:`on`.
     colors : (P, 3) float32 RGB in [0, 1] when the file had colours, else None; the fit
-        does not use them, the outputs carry them over (:mod:`ssm.fitting.color_transfer`).
+        does not use them, the outputs carry them over (:mod:`ssm.fitting.outputs.colors`).
     texture : the file's texture (:class:`ssm.io.meshes.TextureSource`, the same frame
         and units), which the fit's texture is sampled from at full resolution, or None.
     """

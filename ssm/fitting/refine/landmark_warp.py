@@ -17,28 +17,15 @@ and a correction near 0, so a scan the model explains is left alone; a region of
 residuals that agree with each other gives a smooth field there, and the posterior mean
 of ``f`` at every vertex is the correction.
 
-The fitting stage (:func:`warp_stage`, stage 4b of ``ssm.fit``) uses it twice. The region
-where the correction exceeds ``FitConfig.warp_region_mm`` gets a smooth deformation field
-(:mod:`ssm.fitting.deformation_basis`), and the model is fitted again with it, on the
-whole scan and all the landmarks: the field explains what the identity does not span, so
-the identity stops bending, and it keeps the region's data. The warp of what the
+The fitting stage (:func:`landmark_warp_stage`) uses it twice. The region where the
+correction exceeds ``FitConfig.refine.warp_region_mm`` gets a smooth deformation field
+(:mod:`ssm.fitting.refine.deformation_basis`), and the model is fitted again with it, on
+the whole scan and all the landmarks: the field explains what the identity does not span,
+so the identity stops bending, and it keeps the region's data. The warp of what the
 landmarks still disagree with is added, and the result is the start of non-rigid ICP,
-which refines it along the normals and keeps the region's landmarks at its soft
-levels. On held-out ICT subjects with an expression (jaw open, smile, brows raised) and 68
-landmarks (``benchmarks/bench_fitting.py``, 4 subjects) this takes the narrow-face error
-from 1.87 to 0.82 mm with the refit's landmark and identity weights and its freer field
-(``FitConfig.warp_landmark_sigma_scale``, ``FitConfig.field_identity_sd``,
-``FitConfig.warp_amplitude_scale``; 0.89 before them, 0.91 with the heat kernel instead
-of the rougher
-``FitConfig.warp_basis_smoothness``; 0.96 without the field's mirror correlation either,
-:func:`ssm.fitting.deformation_basis.mirror_correlation`; 1.01 with a field of 50 mm
-instead of 30; at 50 mm over 10 subjects, before the benchmark's expression raised the
-brows: 1.83 to 1.07 mm); neutral scans fit as before. The relevance rounds that help the expression field
-(:mod:`ssm.fitting.expression_field`) do not help here (1.07 -> 1.10 mm over 10
-subjects; at 30 mm, 0.96 -> 0.97 over 4): the landmarks' region already keeps the field
-off the rest. Fitting the identity without the region instead (which loses the region's
-data) gave 1.39 mm; a field whose correlation follows space rather than the skin (it
-ties the two lips together) gave 1.20 mm.
+which refines it along the normals and keeps the region's landmarks at its soft levels.
+Fitting the identity without the region instead loses the region's data; a field whose
+correlation follows space rather than the skin ties the two lips together.
 """
 
 from __future__ import annotations
@@ -49,23 +36,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.deformation_basis import fit_with_field, vertex_rms
-from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState
-from ssm.fitting.scan import Scan
-from ssm.fitting.stage import StageReport, residual_stats
-from ssm.models.shape_model import ShapeModel
+from ssm.fitting.problem import FitProblem
+from ssm.fitting.refine.deformation_basis import fit_with_field, vertex_rms
+from ssm.fitting.state import FitState, StageReport, StageResult, residual_stats
 
 log = logging.getLogger(__name__)
 
 MIN_LANDMARKS = 20  # fewer cannot tell a smooth field from noise (s, a and l are all free)
 LENGTHS_MM = (10.0, 20.0, 40.0)  # candidate correlation lengths (face features, mm)
 # the landmark warp applies when its region covers at most the larger share of the model's
-# vertices (a local disagreement: an expression; 10-39 % of the ICT head on the expression
-# cases), and the model is refitted with a deformation field over the region from the
-# smaller one on. A larger region says the landmarks are defined differently from the
-# model's (james's jaw contour: 53 %) or the whole fit is off, and the fit is left as it is.
+# vertices (a local disagreement: an expression), and the model is refitted with a
+# deformation field over the region from the smaller one on. A larger region says the
+# landmarks are defined differently from the model's (a jaw contour drawn on another
+# convention) or the whole fit is off, and the fit is left as it is.
 WARP_REFIT_FRACTION = (0.01, 0.45)
 
 
@@ -131,56 +114,33 @@ def landmark_warp(points: np.ndarray, residuals: np.ndarray, vertices: np.ndarra
     return LandmarkWarp(field, var, s, float(np.sqrt(a2)), length)
 
 
-@dataclass(frozen=True)
-class WarpOutcome:
-    """What stage 4b hands on (model frame, mm).
+def landmark_warp_stage(problem: FitProblem, state: FitState) -> StageResult:
+    """The landmark warp after the model fit ``state``.
 
-    state : the model fit (identity coefficients and pose; refitted jointly with the
-    deformation field when that was done); x_model : (N, 3) its identity instance;
-    start : (N, 3) the start of non-rigid ICP (the instance plus the deformation field
-    and the applied warp); region : (N,) bool where the first warp exceeds
-    ``warp_region_mm``, or None; variance : (N,) the warp's posterior variance (mm^2,
-    3D) inside the region, 0 elsewhere, or None; report : the stage's, or None with too
-    few landmarks.
-    """
-
-    state: ModelFitState
-    x_model: np.ndarray
-    start: np.ndarray
-    region: np.ndarray | None = None
-    variance: np.ndarray | None = None
-    report: StageReport | None = None
-
-
-def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, lms: MatchedLandmarks,
-               lm_mask: np.ndarray | None, fixed_scale: float | None,
-               occluded: np.ndarray | None = None) -> WarpOutcome:
-    """Stage 4b of ``ssm.fit``: the landmark warp after the model fit ``state``.
-
-    When the warp exceeds ``cfg.warp_region_mm`` over 1-45 % of the vertices
-    (:data:`WARP_REFIT_FRACTION`), the model is fitted again with a smooth deformation
-    field over that region (:mod:`ssm.fitting.deformation_basis`: the heat kernel of the
-    model's surface, ``cfg.warp_basis_length_mm`` long, fading over
-    ``cfg.warp_basis_taper_mm`` outside, with the warp's amplitude, at least 1 mm, times
-    ``cfg.warp_amplitude_scale``), jointly with the
-    identity, on the whole scan and all the landmarks: the identity stops bending to
-    explain what it does not span, without losing the region's data. The warp of the
-    landmarks that fit still misses is added on top. Over more than 45 % the warp is
-    reported but not applied. ``occluded`` (N,)
-    bool: vertices the occlusion stage left out, left out of the refit too.
+    When the warp exceeds ``warp_region_mm`` over a share of the vertices within
+    :data:`WARP_REFIT_FRACTION`, the model is fitted again with a smooth deformation
+    field over that region (the warp's amplitude, at least 1 mm, times
+    ``warp_amplitude_scale``), jointly with the identity, on the whole scan and all the
+    landmarks (their sigma ``warp_landmark_sigma_scale`` times larger), without the
+    occluded vertices; the warp of what the landmarks still disagree with is added on
+    top. Over a larger share the warp is reported but not applied. The state gets the
+    identity, the model shape (the start of NICP), the ``region`` and the warp's
+    ``field_variance`` there (mm^2) when applied.
     """
     t0 = time.perf_counter()
-    keep = np.ones(len(lms), bool) if lm_mask is None else lm_mask
-    lm_v, lm_points = lms.vertex[keep], lms.points[keep]
+    cfg = problem.config.refine
+    lm_v, lm_points, _ = problem.kept_landmarks(state.landmark_mask)
 
     def warp_of(x, pose):  # landmark residuals (L, 3) and their warp over the shape x (N, 3), mm
         res = pose.inverse().apply(lm_points) - x[lm_v]
         return res, landmark_warp(x[lm_v], res, x)
 
-    x = model.instance(state.coeffs)
+    x = problem.model.instance(state.coeffs)
     res, warp = warp_of(x, state.pose)
     if warp is None:
-        return WarpOutcome(state, x, x)
+        return StageResult(state, StageReport("landmark_warp", time.perf_counter() - t0, float("nan"),
+                                              float("nan"), len(lm_v), extra={"applied": False, "refit": False,
+                                                                              "landmarks": len(lm_v)}))
     region = warp.magnitude > cfg.warp_region_mm
     share = float(region.mean())
     applied = share <= WARP_REFIT_FRACTION[1]
@@ -191,22 +151,23 @@ def warp_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConf
     start, final = x, warp
     if refit:
         amplitude = max(warp.amplitude_mm, 1.0) * cfg.warp_amplitude_scale
-        state, start, n_fields, mirror_rho = fit_with_field(model, scan, state, cfg, region, amplitude, lms, keep,
-                                                            fixed_scale, occluded,
-                                                            smoothness=cfg.warp_basis_smoothness,
-                                                            landmark_variance_scale=cfg.warp_landmark_sigma_scale ** 2,
-                                                            identity_sd=cfg.field_identity_sd)
-        x = model.instance(state.coeffs)
+        fitted = fit_with_field(problem, state, region, amplitude, smoothness=cfg.warp_basis_smoothness,
+                                landmark_variance_scale=cfg.warp_landmark_sigma_scale ** 2,
+                                identity_sd=cfg.field_identity_sd)
+        state, start = fitted.state, fitted.start
+        x = problem.model.instance(state.coeffs)
         res, final = warp_of(start, state.pose)  # the same landmarks: never None here
-        extra.update(deformation_components=int(n_fields),
-                     deformation_amplitude_mm=round(amplitude, 4), mirror_correlation=round(mirror_rho, 4),
+        extra.update(deformation_components=int(fitted.n_fields),
+                     deformation_amplitude_mm=round(amplitude, 4), mirror_correlation=round(fitted.mirror_rho, 4),
                      deformation_rms_mm=round(vertex_rms(start - x), 4),
                      residual_warp_max_mm=round(float(final.magnitude.max()), 4))
     # residuals: the accepted landmarks' distances to the warped fit (to the fit when not applied)
     mean, med = residual_stats(np.linalg.norm(res - (final.field[lm_v] if applied else 0.0), axis=1))
-    rep = StageReport("landmark_warp", time.perf_counter() - t0, mean, med, int(keep.sum()), extra=extra)
+    rep = StageReport("landmark_warp", time.perf_counter() - t0, mean, med, len(lm_v), extra=extra)
     if not applied:
         log.info("landmark warp not applied: the landmarks disagree with the model fit over %.0f%% of the "
                  "vertices (their definitions differ from the model's?)", 100 * share)
-        return WarpOutcome(state, x, x, report=rep)
-    return WarpOutcome(state, x, start + final.field, region, np.where(region, warp.variance, 0.0), rep)
+        return StageResult(state.replace(identity=x, model_shape=x, shape=x), rep)
+    shape = start + final.field
+    return StageResult(state.replace(identity=x, model_shape=shape, shape=shape, region=region,
+                                     field_variance=np.where(region, warp.variance, 0.0)), rep)

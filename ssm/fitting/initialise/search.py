@@ -1,4 +1,4 @@
-"""Stage 2: automatic similarity initialisation when no landmarks are given.
+"""The automatic search for the model's pose on the scan when no landmarks are given.
 
 A global search: the scan's and the model mean's principal axes give 24 candidate
 rotations (every axis permutation and sign with det +1), each tried at a few scales
@@ -16,7 +16,6 @@ patches of the scan, and the model chooses again.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from typing import Callable
@@ -24,14 +23,17 @@ from typing import Callable
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.model_fit import fit_model, instance_normals
-from ssm.fitting.scan import Scan, scan_explained
-from ssm.fitting.stage import StageReport
+from ssm.fitting.config import InitConfig
+from ssm.fitting.model_fit.basis import instance_normals
+from ssm.fitting.model_fit.iterate import fit_model
+from ssm.fitting.model_fit.schedule import selection_schedules
+from ssm.fitting.prepare.scan import Scan, scan_explained
+from ssm.fitting.problem import FitProblem
+from ssm.fitting.state import FitState, StageReport
 from ssm.geometry.mesh_ops import component_labels
 from ssm.geometry.nearest import DevicePoints, TreePoints, point_index
 from ssm.geometry.similarity import Similarity, axis_angle_rotation, similarity_steps
-from ssm.io.units import HEAD_DIAGONAL_MM
+from ssm.units import HEAD_DIAGONAL_MM
 from ssm.models.model_units import mean_diagonal
 from ssm.models.shape_model import ShapeModel
 
@@ -39,16 +41,17 @@ WINDOWS = 6  # k-means patches of the scan searched for a head within more (wind
 WINDOW_GROWTH = 1.3  # window_starts keeps hypotheses at most this many times the window's size
 CROP_REACH = 1.15  # window_starts keeps the points within this many model radii of the placed model
 # a chosen start whose quick fit scores above this (median residual in mm over the share
-# of the scan explained; 1.7-6.7 on head scans, hair 10.5, busts 9-17) says the head may
-# be only part of the scan: the pipeline then also tries window_starts
+# of the scan explained; head scans score lower, busts and heads with hair higher) says
+# the head may be only part of the scan: the initialisation then also tries window_starts
 WINDOW_SEARCH_SCORE = 6.0
+SELECTION_EXPLAINED_SAMPLES = 2000  # scan points a start's score measures coverage on
 NAMED_UNIT_TOLERANCE = 1.3  # a start's scale within this factor of a named unit's is in that unit
 HEAD_WINDOWS_MAX = 32  # head_window_starts: the most head-sized windows searched
 BODY_SIZE = 2.0  # head_window_starts searches scans at least this many times the model's size across
 BODY_MAX_MM = 2600.0  # body_scales: the largest scan (1-99 % box diagonal) taken for a whole body
-# distinct hypotheses beyond FitConfig.auto_candidates that the model also tries when the
-# best of those scores above WINDOW_SEARCH_SCORE, before the window search (a jaw-open face
-# without landmarks: the right start was the search's fourth or fifth)
+# distinct hypotheses beyond FitConfig.init.auto_candidates that the model also tries when
+# the best of those scores above WINDOW_SEARCH_SCORE, before the window search (on a face
+# far from the mean, an open jaw, the right start can rank below the first few)
 EXTRA_CANDIDATES = 2
 
 
@@ -110,9 +113,7 @@ def _icp_batch(src_scan: np.ndarray, tree: TreePoints | DevicePoints, model_pts:
     return s, r, t, score
 
 
-def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
-                    fixed_scale: float | None = None, candidates: int = 1
-                    ) -> tuple[list[Similarity], StageReport]:
+def auto_similarity(problem: FitProblem, scan: Scan, candidates: int = 1) -> tuple[list[Similarity], StageReport]:
     """Model -> scan similarities without landmarks, best first (see module doc).
 
     Scans often hold more than the head (a wall behind it, a second object): when the
@@ -125,7 +126,8 @@ def auto_similarity(model: ShapeModel, scan: Scan, config: FitConfig,
         model decide between them.
     """
     t0 = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
+    model, config, fixed_scale = problem.model, problem.config.init, problem.search_scale
+    rng = problem.streams.rng("search")
     pick, target = _search_inputs(model, scan, config, rng)
     m = target[0]
     found, n_hyps = [], 0
@@ -164,7 +166,7 @@ def _rms(a: np.ndarray) -> float:
     return float(np.sqrt(((a - a.mean(0)) ** 2).sum(1).mean()))
 
 
-def _search_inputs(model: ShapeModel, scan: Scan, config: FitConfig, rng: np.random.Generator):
+def _search_inputs(model: ShapeModel, scan: Scan, config: InitConfig, rng: np.random.Generator):
     """(scan sample (P,) indices: up to ``auto_points`` off the border, the search target:
     (mean (N, 3), its normals, a 6000-vertex subset, its normals, its point index on the
     scan's device))."""
@@ -178,8 +180,7 @@ def _search_inputs(model: ShapeModel, scan: Scan, config: FitConfig, rng: np.ran
     return pick, (m, mnorm, m[sub], mnorm[sub], point_index(m[sub], scan.device))
 
 
-def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,
-                  fixed_scale: float | None = None) -> list[Similarity]:
+def window_starts(problem: FitProblem, scan: Scan) -> list[Similarity]:
     """Starts for a head that is only part of a connected scan (a bust: head and shoulders).
 
     The whole-scan search takes its scale and centre from all the points and scores by a
@@ -194,7 +195,8 @@ def window_starts(model: ShapeModel, scan: Scan, config: FitConfig,
     """
     from scipy.cluster.vq import kmeans2
 
-    rng = np.random.default_rng(config.seed + 1)
+    model, config, fixed_scale = problem.model, problem.config.init, problem.search_scale
+    rng = problem.streams.rng("window_search")
     pick, target = _search_inputs(model, scan, config, rng)
     m = target[0]
     p, nrm = scan.points[pick], scan.normals[pick]
@@ -236,12 +238,12 @@ def _recrop(p: np.ndarray, sim: Similarity, target, radius_mm: float, fixed_scal
 
 
 def body_scales(model: ShapeModel, scan: Scan) -> list[float]:
-    """Scales (scan units per mm) of the named units (:data:`ssm.io.units.MM_PER_UNIT`) in
+    """Scales (scan units per mm) of the named units (:data:`ssm.units.MM_PER_UNIT`) in
     which the scan would be a whole body: at least :data:`BODY_SIZE` times the model
     across and at most :data:`BODY_MAX_MM` (usually one unit does: a body in mm is a
     giant in cm and a crumb in m), for :func:`head_window_starts` when the units are not
     given."""
-    from ssm.io.units import MM_PER_UNIT
+    from ssm.units import MM_PER_UNIT
 
     good = _body_points(scan)
     if len(good) < 50:
@@ -253,9 +255,9 @@ def body_scales(model: ShapeModel, scan: Scan) -> list[float]:
 
 def near_named_unit(scale: float, tolerance: float = NAMED_UNIT_TOLERANCE) -> bool:
     """Whether ``scale`` (scan units per model mm) is within ``tolerance`` times one of the
-    named units (:data:`ssm.io.units.MM_PER_UNIT`): a head fitted at its own size in mm,
+    named units (:data:`ssm.units.MM_PER_UNIT`): a head fitted at its own size in mm,
     cm, m, um or inches (heads vary about 10 % about the model's mean)."""
-    from ssm.io.units import MM_PER_UNIT
+    from ssm.units import MM_PER_UNIT
 
     return any(1.0 / tolerance < scale * mm < tolerance for mm in MM_PER_UNIT.values())
 
@@ -271,7 +273,7 @@ def _spread(points: np.ndarray) -> float:
     return float(np.linalg.norm(hi - lo))
 
 
-def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: float) -> list[Similarity]:
+def head_window_starts(problem: FitProblem, scan: Scan, scale: float) -> list[Similarity]:
     """Starts for a head that is a small part of a scan in known units (a whole body).
 
     :func:`window_starts` cuts the scan into six patches and searches each on its share
@@ -285,11 +287,12 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
     less than :data:`BODY_SIZE` times the model across (heads with hair, busts) get none:
     about 10 s saved where the other searches already had their chance.
     """
+    model, config = problem.model, problem.config.init
     good = _body_points(scan)
     if len(good) < 50 or _spread(scan.points[good]) < BODY_SIZE * mean_diagonal(model) * scale:
         return []  # a head, or a head and shoulders: the other searches' business
     m = np.asarray(model.mean, np.float64)
-    rng = np.random.default_rng(config.seed + 4)
+    rng = problem.streams.rng("head_windows")
     _, target = _search_inputs(model, scan, config, rng)
     radius_mm = float(np.linalg.norm(m - m.mean(0), axis=1).max())
     radius = radius_mm * scale  # scan units
@@ -315,37 +318,36 @@ def head_window_starts(model: ShapeModel, scan: Scan, config: FitConfig, scale: 
     return starts
 
 
-def select_start(model: ShapeModel, scan: Scan, starts: list[Similarity], config: FitConfig,
-                 fixed_scale: float | None = None,
+def select_start(problem: FitProblem, scan: Scan, starts: list[Similarity],
                  orient: Callable[[Similarity], Scan] | None = None) -> tuple[Similarity, list[float]]:
     """The start among ``starts`` from which a short, stiff model fit explains the scan best.
 
-    Each start gets a few quick rigid and 40-component model-fit iterations; its score
-    is the median residual (mm) over the share of the scan within 2.5 mm of the fit, so a
-    fit that matches a small part of the scan well does not win. Both are measured with
-    one ruler, the first start's scale: in its own mm a start at 5x the size has
-    residuals and a reach 5x as lenient (a head five times too large laid over a whole
-    body scored 4.6 against 14.6 for the body's head; by one ruler 5.2 against 2.4), and
-    starts of one scale score as in their own mm. ``orient``: the scan with
-    its normals' side taken from a start (a mesh's winding is voted by the placed model:
-    a wrong start's vote would flip it for the right one). Returns the refined pose of
-    the winner and all the scores.
+    Each start gets a few quick rigid and large-shape model-fit iterations
+    (:func:`ssm.fitting.model_fit.schedule.selection_schedules`, without landmarks); its
+    score is the median residual (mm) over the share of the scan within 2.5 mm of the
+    fit, so a fit that matches a small part of the scan well does not win. Both are
+    measured with one ruler, the first start's scale: in its own mm a start at 5x the
+    size has residuals and a reach 5x as lenient, so a head five times too large laid
+    over a whole body would win; starts of one scale score as in their own mm.
+    ``orient``: the scan with its normals' side taken from a start (a mesh's winding is
+    voted by the placed model: a wrong start's vote would flip it for the right one).
+    Returns the refined pose of the winner and all the scores.
     """
     if len(starts) == 1:
         return starts[0], []
-    quick = dataclasses.replace(config, vertex_samples=3000, scan_samples=4000, solve_samples=2000)
-    rigid = dataclasses.replace(quick, component_schedule=(0,), prior_schedule=None, iterations_per_level=4)
-    stiff = dataclasses.replace(quick, component_schedule=(40,), prior_schedule=(256.0,), iterations_per_level=5)
+    model = problem.model
+    rigid, stiff = selection_schedules(problem.config.model_fit)
     best, scores = None, []
     ruler = starts[0].scale  # scan units per mm of the score
     for sim in starts:
         if orient is not None:
             scan = orient(sim)
-        state, _ = fit_model(model, scan, sim, rigid, fixed_scale=fixed_scale, exact_last=False)
-        state, rep = fit_model(model, scan, state.pose, stiff, fixed_scale=fixed_scale, coeffs=state.coeffs,
-                               exact_last=False)
+        start = FitState(scan, sim, np.zeros(model.n_components))
+        state = fit_model(problem, start, rigid, landmarks=False, exact_last=False).state
+        fitted = fit_model(problem, state, stiff, coeffs=state.coeffs, landmarks=False, exact_last=False)
+        state, rep = fitted.state, fitted.report
         x = state.pose.apply(model.instance(state.coeffs))
-        explained = scan_explained(scan, x, model.triangles, ruler, samples=2000)
+        explained = scan_explained(scan, x, model.triangles, ruler, samples=SELECTION_EXPLAINED_SAMPLES)
         score = rep.residual_median_mm * state.pose.scale / ruler / max(explained, 0.05)
         scores.append(round(float(score), 4) if np.isfinite(score) else float("inf"))
         if np.isfinite(score) and (best is None or score < best[0]):
@@ -371,7 +373,7 @@ def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) 
     return [np.flatnonzero(labels == c) for c in order if counts[c] >= min_fraction * len(p)]
 
 
-def _search(p: np.ndarray, normals: np.ndarray, target, config: FitConfig, rng: np.random.Generator,
+def _search(p: np.ndarray, normals: np.ndarray, target, config: InitConfig, rng: np.random.Generator,
             fixed_scale: float | None, tilted: bool = True) -> tuple[list, int]:
     """The ten best hypotheses for scan points ``p`` (P, 3) with their ``normals``.
 

@@ -1,32 +1,23 @@
-"""Stage 4a: find where the scan is not skin (hair, a cap, a collar) and fit without it.
+"""Occlusion: find where the scan is not skin (hair, a cap, a collar) and fit without it.
 
 Hair lies over the scalp, so a scan of a person with hair is, over a whole region, well
 outside the skin surface the model describes. The closest-point fit pulls the skull out
-into the hair, and since a PCA model couples the skull with the face, the face follows:
-on ICT heads with 18 mm of hair over the scalp and fringe, the narrow-face error went
-from 0.5 to 1.0 mm with 68 landmarks and to 1.4-5 mm without landmarks.
+into the hair, and since a PCA model couples the skull with the face, the face follows.
 
 After the model fit, each vertex's signed residual along its normal (scan minus fit,
 positive outside) is averaged over two rings of mesh neighbours. Regions where the scan
 lies more than :data:`OUTSIDE_MM` (or 5 robust sigmas) outside, grown over connected
 vertices still :data:`GROW_MM` outside and by one ring, are occluded when one of them
-covers :data:`LARGE_REGION` of the vertices or more: the model is fitted again from its mean
-without them, and the test is repeated (up to five rounds) while the region grows by 1 %
-of the vertices or more (a freed skull shrinks away from the hair, which shows more of
-the hairline each round). Occluded vertices take
+covers :data:`LARGE_REGION` of the vertices or more: the model is fitted again from its
+mean without them, and the test is repeated (up to :data:`ROUNDS` rounds) while the
+region grows by :data:`GROWTH_FRACTION` of the vertices or more (a freed skull shrinks
+away from the hair, which shows more of the hairline each round). Occluded vertices take
 no part in non-rigid ICP: they follow the model fit, and ``FitResult.occluded`` marks
-them (``occluded`` in ``fit.ply``). Scattered small spots (on a clean scan, 2-6 % of the
-vertices in all: the covering a scanner leaves over the nostrils, bumps where a cloud's
-normals were estimated) are left to NICP, which is there for detail that bulges out of
-the model's span.
-
-With the stage, the hair cases above fit to 0.61 mm (68 landmarks), 0.78 mm (7) and
-0.86 mm (none), mean of 6 frontal and three-view cases (three rounds instead of five:
-0.63, 0.86, 1.01 mm; later rounds warm-started instead of refitted from the mean: 0.60,
-0.84, 0.98 mm); clean scans fit as before.
-Skin the fit has not reached would pass this test only where a converged model fit
-leaves the scan outside by over 2.5 mm across a region, which it does for non-skin
-surfaces.
+them (``occluded`` in ``fit.ply``). Scattered small spots (the covering a scanner leaves
+over the nostrils, bumps where a cloud's normals were estimated) are left to NICP, which
+is there for detail that bulges out of the model's span. Skin the fit has not reached
+passes this test only where a converged model fit leaves the scan outside by over 2.5 mm
+across a region, which it does for non-skin surfaces.
 """
 
 from __future__ import annotations
@@ -36,12 +27,12 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.correspondence import find_correspondences, robust_sigma_mm
-from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, fit_model, instance_normals
-from ssm.fitting.scan import Scan
-from ssm.fitting.stage import StageReport
+from ssm.fitting.model_fit.basis import instance_normals
+from ssm.fitting.model_fit.correspondence import find_correspondences, robust_sigma_mm
+from ssm.fitting.model_fit.iterate import fit_model
+from ssm.fitting.model_fit.schedule import configured_schedule
+from ssm.fitting.problem import FitProblem
+from ssm.fitting.state import FitState, StageReport, StageResult
 from ssm.geometry.mesh_ops import vertex_adjacency
 from ssm.models.shape_model import ShapeModel
 
@@ -49,22 +40,25 @@ OUTSIDE_MM = 2.5  # a smoothed outward residual above this is not skin
 GROW_MM = 1.0  # ... and the regions grow over connected vertices above this
 # the share of the vertices that may be occluded: above it, the fit itself is off
 MAX_FRACTION = 0.6
-# one connected region must hold this share of the vertices (hair over the scalp: 10-27 %
-# on the ICT cases, 4-7 % on james); scattered spots (the nostrils' covering, normals
-# estimated on a cloud: 2-6 % in all, none over 1.6 %) leave the fit as it is
+# one connected region must hold this share of the vertices for a refit: hair over a scalp
+# holds more, the scattered spots of a clean scan (the nostrils' covering, normals
+# estimated on a cloud) each less
 LARGE_REGION = 0.03
 GROWTH_FRACTION = 0.01  # another refit only when the last one showed this much more
+ROUNDS = 5  # refits at most: each frees more of the skull from the hair
+OCCLUSION_GATE_MM = 25.0  # residuals are measured this far out at least: hair stands off the skin
 
 
-def signed_residuals(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
-                     gate_mm: float) -> np.ndarray:
+def signed_residuals(problem: FitProblem, state: FitState, gate_mm: float) -> np.ndarray:
     """(N,) residual of each vertex along its normal, scan minus fit (mm, positive
     outside), NaN where nothing matched within ``gate_mm``."""
+    model = problem.model
     x = model.instance(state.coeffs)
     xs = state.pose.apply(x)
     ns = instance_normals(model, x) @ state.pose.rotation.T
-    corr = find_correspondences(xs, ns, scan, 1.0 / state.pose.scale, gate_mm, cfg.normal_cos,
-                                cfg.scan_samples, np.random.default_rng(cfg.seed + 3))
+    corr = find_correspondences(xs, ns, state.scan, 1.0 / state.pose.scale, gate_mm,
+                                problem.config.model_fit.normal_cos, problem.config.model_fit.scan_samples,
+                                problem.streams.rng("occlusion"))
     out = np.full(model.n_vertices, np.nan)
     if len(corr):
         out[corr.vertex] = ((corr.target - xs[corr.vertex]) * ns[corr.vertex]).sum(1) / state.pose.scale
@@ -110,26 +104,23 @@ def largest_region(mask: np.ndarray, adjacency: sp.csr_matrix) -> float:
     return float(np.bincount(label).max() / len(mask))
 
 
-def occlusion_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
-                    lms: MatchedLandmarks | None, lm_mask: np.ndarray | None, fixed_scale: float | None,
-                    rounds: int = 5) -> tuple[ModelFitState, np.ndarray | None, StageReport]:
-    """Stage 4a of ``ssm.fit``: refit the model without the vertices the scan covers with
-    something other than skin. Returns the (possibly refitted) state, the (N,) occluded
-    mask (None when nothing is), and the stage report."""
+def occlusion(problem: FitProblem, state: FitState) -> StageResult:
+    """Refit the model without the vertices the scan covers with something other than
+    skin. The state gets the (N,) ``occluded`` mask (None when nothing is) and, when a
+    region was found, the refitted coefficients, pose, identity and shape."""
     t0 = time.perf_counter()
+    model = problem.model
     n = model.n_vertices
     adj = (vertex_adjacency(model.triangles, n) + sp.identity(n)).tocsr()  # a vertex and its ring
-    gate = max(cfg.max_distance_mm, 25.0)
+    gate = max(problem.config.model_fit.max_distance_mm, OCCLUSION_GATE_MM)
+    schedule = configured_schedule(problem.config.model_fit)
     mask = None
     history = []
     failed = False
     # A large occluded region (hair) has dragged the whole fit: the model is fitted again
     # from its mean, with the prior annealed, and the test repeated while it shows more.
-    # Scattered spots are left alone: on clean scans a refit without them changed the
-    # error by 0.01-0.03 mm either way (0.14 mm worse on one cloud), for 0.4-3 s.
-    keep = None if lms is None else (np.ones(len(lms), bool) if lm_mask is None else lm_mask)
-    for _ in range(rounds):
-        occ = occluded_vertices(signed_residuals(model, scan, state, cfg, gate), adj)
+    for _ in range(ROUNDS):
+        occ = occluded_vertices(signed_residuals(problem, state, gate), adj)
         new = occ if mask is None else (mask | occ)
         share = float(new.mean())
         history.append(round(share, 4))
@@ -139,12 +130,14 @@ def occlusion_stage(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: Fi
         previous, mask = mask, new
         if not grew:
             break
-        refit, refit_rep = fit_model(model, scan, state.pose, cfg, lms, keep, fixed_scale, candidates=~mask)
-        if not refit_rep.converged:  # too little left to fit: the fit was wrong to begin with
+        refit = fit_model(problem, state, schedule, candidates=~mask)
+        if not refit.report.converged:  # too little left to fit: the fit was wrong to begin with
             mask, failed = previous, True  # the state and mask of the last sound round
             break
-        state = refit
-    rep = StageReport("occlusion", time.perf_counter() - t0, float("nan"), float("nan"), 0,
-                      extra={"occluded_fraction": 0.0 if mask is None else round(float(mask.mean()), 4),
-                             "fraction_per_round": history, "refit_failed": failed})
-    return state, mask, rep
+        state = refit.state
+    x = model.instance(state.coeffs)
+    state = state.replace(occluded=mask, identity=x, model_shape=x, shape=x)
+    return StageResult(state, StageReport(
+        "occlusion", time.perf_counter() - t0, float("nan"), float("nan"), 0,
+        extra={"occluded_fraction": 0.0 if mask is None else round(float(mask.mean()), 4),
+               "fraction_per_round": history, "refit_failed": failed}))

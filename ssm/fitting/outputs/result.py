@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ssm.fitting.stage import StageReport
+from ssm.fitting.state import StageReport
 from ssm.geometry.similarity import Similarity
 
 
@@ -29,19 +29,19 @@ class FitResult:
     units : the scan's units (given, or estimated from the fitted scale).
     converged : False when the fit did not converge (the result is still written).
     stddev_mm : (N,) RMS 3D standard deviation of each vertex (mm), from the model
-        posterior given the final correspondences (see ``ssm.fitting.uncertainty``).
+        posterior given the final correspondences (see ``ssm.fitting.finish.uncertainty``).
     occluded : (N,) bool, vertices where the scan is something other than skin (hair,
-        a cap); they follow the model fit (see ``ssm.fitting.occlusion``). None when
+        a cap); they follow the model fit (see ``ssm.fitting.refine.occlusion``). None when
         no such region was found.
     expression_coefficients : (E,) standardised coefficients of the model's expression
-        basis when the fit used one (``ssm.fitting.expression_model``), else None;
+        basis when the fit used one (``ssm.fitting.refine.expression_model``), else None;
         ``model_fit_model`` is then the identity alone (the neutral face).
     neutral_model : (N, 3) model frame, mm, the subject without that expression (the
         identity plus the detail non-rigid ICP added), or None.
     landmark_vertices : the model's landmarks, name -> vertex index: where
         :attr:`landmarks` reads the fitted ones (automatic landmarking of the scan).
     vertex_colors : (N, 3) float32 RGB in [0, 1], the scan's colours on the fit (filled
-        smoothly where the scan did not see it; :mod:`ssm.fitting.color_transfer`), or
+        smoothly where the scan did not see it; :mod:`ssm.fitting.outputs.colors`), or
         None for a scan without colours.
     model_mm_per_unit : 1 for a model in mm; for a model in other units, the factor it
         was scaled to mm by for the fit (:mod:`ssm.models.model_units`): every "model

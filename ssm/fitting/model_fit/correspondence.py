@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ssm.fitting.scan import Scan
+from ssm.fitting.prepare.scan import Scan
 from ssm.geometry.nearest import nearest
 
 

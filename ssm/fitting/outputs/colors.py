@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from ssm.fitting.scan import Scan
+from ssm.fitting.prepare.scan import Scan
 from ssm.geometry.mesh_ops import vertex_adjacency
 
 NEIGHBOURS = 4  # scan points blended per sample
@@ -29,7 +29,7 @@ def scan_colors_at(points: np.ndarray, scan: Scan, max_distance: float) -> tuple
     """Colours (Q, 3) float in [0, 1] of ``scan`` at points (Q, 3) in the scan's frame and
     units, and (Q,) bool where a coloured scan point lies within ``max_distance`` (scan
     units; elsewhere the colour is NaN). Inverse-distance weights over the nearest points
-    that are not stray (:func:`ssm.fitting.scan.scan_from_arrays` flags those: no normal)."""
+    that are not stray (:func:`ssm.fitting.prepare.scan.scan_from_arrays` flags those: no normal)."""
     if scan.colors is None:
         raise ValueError("the scan has no colours")
     q = np.asarray(points, dtype=np.float64)

@@ -15,16 +15,42 @@ vertex, in mm.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.correspondence import Correspondences, robust_sigma_mm
+from ssm.fitting.config import UncertaintyConfig
+from ssm.fitting.model_fit.basis import scaled_basis
+from ssm.fitting.model_fit.correspondence import Correspondences, robust_sigma_mm
+from ssm.fitting.problem import FitProblem
+from ssm.fitting.refine.expression_model import expression_augmented
+from ssm.fitting.state import FitState, StageReport, StageResult
 from ssm.geometry.similarity import Similarity
 from ssm.models.shape_model import ShapeModel
 
+MIN_NOISE_MM = 0.05  # the scan noise never counts as less: no scanner is more exact
+
+
+def uncertainty(problem: FitProblem, state: FitState) -> StageResult:
+    """The state's ``stddev``: the posterior of the model (with the expression basis
+    when one was fitted) around the model shape, given the final correspondences, plus
+    the landmark warp's variance in its region."""
+    t0 = time.perf_counter()
+    corr, correlation = state.correspondences, problem.config.uncertainty.uncertainty_correlation
+    if state.expression_coeffs is not None:  # the posterior of identity and expression, around their fit
+        model = expression_augmented(problem.model, problem.expression_model)
+        stddev = fit_stddev(model, corr, state.pose, state.model_shape, state.shape, correlation)
+    else:
+        stddev = fit_stddev(problem.model, corr, state.pose, state.identity, state.shape, correlation)
+    if state.field_variance is not None:  # where the model does not hold, the landmarks' GP says how well
+        stddev = np.sqrt(stddev ** 2 + state.field_variance)
+    return StageResult(state.replace(stddev=stddev), StageReport(
+        "uncertainty", time.perf_counter() - t0, float("nan"), float("nan"), 0 if corr is None else len(corr),
+        extra={"stddev_median_mm": float(np.nanmedian(stddev))}))
+
 
 def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_model: np.ndarray,
-               x_final: np.ndarray, correlation: float = FitConfig.uncertainty_correlation) -> np.ndarray:
+               x_final: np.ndarray, correlation: float = UncertaintyConfig.uncertainty_correlation) -> np.ndarray:
     """(N,) RMS 3D standard deviation (mm) of each fitted vertex.
 
     corr : final correspondences (targets in the scan frame); pose : model -> scan;
@@ -33,9 +59,7 @@ def fit_stddev(model: ShapeModel, corr: Correspondences, pose: Similarity, x_mod
     n = model.n_vertices
     if corr is None or len(corr) < 3 or model.n_components == 0:
         return np.full(n, np.nan)
-    from ssm.fitting.model_fit import scaled_basis
-
-    s2 = max(robust_sigma_mm(corr.distance_mm) ** 2, 0.05 ** 2)  # per-axis scan noise, mm^2
+    s2 = max(robust_sigma_mm(corr.distance_mm) ** 2, MIN_NOISE_MM ** 2)  # per-axis scan noise, mm^2
     # posterior covariance of the coefficients, S = (I + Q^T W Q / s2)^-1 (the same as
     # ShapeModel.posterior, without forming the posterior model), then the marginal
     # E|e_v|^2 = trace(Phi_v S Phi_v^T) for every vertex, in float32 products

@@ -1,4 +1,4 @@
-"""Stage 1: robust similarity from landmarks (Umeyama inside RANSAC)."""
+"""The model's pose from landmarks: a robust similarity (Umeyama inside RANSAC)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import time
 
 import numpy as np
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.stage import StageReport, residual_stats
+from ssm.fitting.config import InitConfig
+from ssm.fitting.prepare.landmarks import MatchedLandmarks
+from ssm.fitting.state import StageReport, residual_stats
 from ssm.geometry.similarity import Similarity, fit_similarity
 
+ALL_TRIPLES_MAX = 12  # up to this many landmarks every triple is tried (220), beyond it random ones
 
-def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config: FitConfig,
+
+def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config: InitConfig,
+                        rng: np.random.Generator,
                         fixed_scale: float | None = None) -> tuple[Similarity, np.ndarray, StageReport]:
     """Similarity model -> scan from landmark pairs, robust to wrong landmarks.
 
@@ -21,6 +24,7 @@ def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config:
         ``lms.points`` (scan frame). Minimal samples of 3 pairs are scored by the number
         of pairs within ``ransac_threshold_mm`` (measured in the model frame, so
         independent of the scan's units); the best consensus is refitted.
+    rng : draws the minimal samples when there are too many to try them all.
     fixed_scale : known model->scan scale (units), or None to estimate it.
     Returns (transform, inlier mask (L,), report).
     """
@@ -37,8 +41,7 @@ def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config:
     def residual_mm(sim):
         return np.linalg.norm(sim.inverse().apply(dst) - src, axis=1)
 
-    rng = np.random.default_rng(config.seed)
-    combos = list(itertools.combinations(range(n), 3)) if n <= 12 else None
+    combos = list(itertools.combinations(range(n), 3)) if n <= ALL_TRIPLES_MAX else None
     best, best_score = None, (-1, np.inf)
     trials = combos if combos is not None else (rng.choice(n, 3, replace=False) for _ in range(config.ransac_iterations))
     for idx in trials:

@@ -14,33 +14,31 @@ one independent field per axis, with ``taper`` (1 in the region, a Gaussian of
 heat kernel of the model's surface (:func:`heat_kernel_fields`): the correlation falls
 with the distance *along the skin*, so the two lips of a closed mouth, a millimetre apart
 but joined only at the mouth corners, move independently (an open jaw), where a Gaussian
-of the Euclidean distance ties them together. On the ICT expression cases this took the
-fit from 1.18 to 1.05 mm (``benchmarks/bench_fitting.py``, before the benchmark's
-expression raised the brows as it was meant to). A model without triangles
-gets a Gaussian of the Euclidean distance (:func:`gaussian_fields`).
+of the Euclidean distance ties them together. A model without triangles gets a Gaussian
+of the Euclidean distance (:func:`gaussian_fields`).
 
 Most expressions are nearly symmetric, and a field fitted without knowing it follows
 landmark noise and the surface's one-sided evidence on each side apart. When the first
 refit's field is mostly symmetric about the model's mirror plane
 (:mod:`ssm.geometry.mirror`; not for a one-sided smile), :func:`fit_with_field` fits it
 again with its two sides correlated by that much (:func:`mirror_correlation`,
-:func:`augmented_model`): on the ICT expression cases 0.96 / 1.12 / 1.13 -> 0.91 / 1.06
-/ 1.09 mm (68 landmarks / 7 / none).
+:func:`augmented_model`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.landmark_match import MatchedLandmarks
-from ssm.fitting.model_fit import ModelFitState, basis_instance, fit_model, model_of_scaled_basis, scaled_basis
-from ssm.fitting.scan import Scan
+from ssm.fitting.model_fit.basis import basis_instance, model_of_scaled_basis, scaled_basis
+from ssm.fitting.model_fit.iterate import fit_model
+from ssm.fitting.model_fit.schedule import Schedule, augmented_schedule
+from ssm.fitting.problem import FitProblem
+from ssm.fitting.state import FitState
 from ssm.geometry.mesh_ops import vertex_adjacency
 from ssm.geometry.mesh_spectrum import Harmonics, low_harmonics
 from ssm.geometry.mirror import Mirror, find_mirror, mirror_parity, symmetric_share
@@ -56,7 +54,7 @@ REFIT_ITERATIONS = 3
 NYSTROEM_POINTS = 600  # kernel points of the Euclidean low-rank expansion (a 600 x 600 eigenproblem)
 EIGEN_TOL = 1e-3  # eigenfunctions below this share of the largest eigenvalue are dropped
 # relevance rounds (fit_with_field): the field's length is averaged over this many rings
-# of neighbours (about 10 mm on the ICT head) and never shrinks below this share
+# of neighbours (about a feature's size, 10 mm, on a head mesh) and never shrinks below this share
 RELEVANCE_SMOOTHING = 10
 RELEVANCE_FLOOR = 0.1
 PROBE_ITERATIONS = 2  # field_rms: joint iterations at the full prior
@@ -268,20 +266,19 @@ def relevance(average: sp.csr_matrix, field: np.ndarray, amplitude_mm: float) ->
     return np.maximum(m / amplitude_mm, RELEVANCE_FLOOR)
 
 
-def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, coeffs: np.ndarray,
-                        length_mm: float, smoothness: float | None = None, identity_sd: float = 1.0
-                        ) -> tuple[np.ndarray, ShapeModel]:
+def _whole_model_fields(problem: FitProblem, amplitude_mm: float, coeffs: np.ndarray, length_mm: float,
+                        smoothness: float | None = None, identity_sd: float = 1.0) -> tuple[np.ndarray, ShapeModel]:
     """The fields of correlation ``length_mm`` over the whole model
     (:func:`smooth_deformation_basis` with every vertex in the region, around the instance
     of ``coeffs`` (K,), with the kernel ``smoothness`` picks) and the model augmented with
     them at ``amplitude_mm`` (the identity's deviations ``identity_sd`` times the model's,
     :func:`augmented_model`). On a mesh they depend on the model alone, and are cached on
     it per length, amplitude, smoothness and identity deviation (a cache, not state: the
-    expression field's probe runs on every scan; its refit's amplitude follows the probe,
-    so that entry is rebuilt per scan; at most :data:`FIELD_CACHE_SIZE` entries, the least
-    recently used dropped first). Each
-    holds float32 (N, 3, K + 3 M): at 50 mm about twice the model's own scaled basis
-    (77 MB for the 11k-vertex ICT head), at 30 mm about 2.6 times (132 MB)."""
+    expression field's probe runs on every scan; at most :data:`FIELD_CACHE_SIZE`
+    entries, the least recently used dropped first, so the probe's entry outlives refit
+    entries whose amplitude varies). Each holds float32 (N, 3, K + 3 M), two to three
+    times the model's own scaled basis."""
+    model = problem.model
     mesh = model.triangles is not None and len(model.triangles) > 0
     key = (length_mm, amplitude_mm, smoothness, identity_sd)
     cache = model.__dict__.get("_whole_model_fields") if mesh else None
@@ -289,12 +286,12 @@ def _whole_model_fields(model: ShapeModel, cfg: FitConfig, amplitude_mm: float, 
         cache = {}
         if mesh:
             object.__setattr__(model, "_whole_model_fields", cache)
-    if key in cache:  # least recently used goes first: the probe's entry, used on every
-        cache[key] = cache.pop(key)  # scan, outlives refit entries whose amplitude varies
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used last
     else:
         fields = smooth_deformation_basis(model, model.instance(coeffs), np.ones(model.n_vertices, bool),
-                                          length_mm, cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3),
-                                          smoothness)
+                                          length_mm, problem.config.refine.warp_basis_taper_mm,
+                                          problem.streams.rng("field_basis"), smoothness)
         while len(cache) >= FIELD_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[key] = (fields, augmented_model(model, fields, amplitude_mm, identity_sd=identity_sd))
@@ -306,127 +303,125 @@ def vertex_rms(displacement: np.ndarray) -> float:
     return float(np.sqrt((np.asarray(displacement) ** 2).sum(1).mean()))
 
 
-def refit_augmented(model: ShapeModel, aug: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig,
-                    lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
-                    occluded: np.ndarray | None, prior: tuple[float, ...], iterations: int,
-                    landmark_variance_scale: float = 1.0, identity_sd: float = 1.0, exact_last: bool = True
-                    ) -> tuple[ModelFitState, np.ndarray, np.ndarray]:
-    """One fit of ``aug`` (``model`` with more components, :func:`augmented_model`, built
-    with ``identity_sd``), from the identity and pose of ``state``, the landmarks'
+@dataclass(frozen=True, eq=False)
+class AugmentedFit:
+    """A fit of an augmented model (model frame, mm).
+
+    state : its pose, the identity's coefficients (K,) in the model's own units, and
+        its correspondences; coeffs : (K + M,) all the augmented model's coefficients;
+    start : (N, 3) the instance with the added components (the start of NICP);
+    identity : (N, 3) the identity's instance.
+    """
+
+    state: FitState
+    coeffs: np.ndarray
+    start: np.ndarray
+    identity: np.ndarray
+
+
+def refit_augmented(problem: FitProblem, state: FitState, aug: ShapeModel, schedule: Schedule,
+                    landmark_variance_scale: float = 1.0, identity_sd: float = 1.0,
+                    exact_last: bool = True) -> AugmentedFit:
+    """One fit of ``aug`` (the problem's model with more components,
+    :func:`augmented_model`, built with ``identity_sd``) from the identity and pose of
+    ``state`` along ``schedule``, without the vertices ``state.occluded``, the landmarks'
     variances scaled by ``landmark_variance_scale``
-    (:func:`ssm.fitting.model_fit.fit_model`). Returns the augmented state (its first K
-    coefficients the identity's in the model's own units, the field's after them), the
-    instance with the field and the identity's instance (both (N, 3), model frame, mm).
-    ``exact_last``: as in :func:`ssm.fitting.model_fit.fit_model`."""
-    refit_cfg = dataclasses.replace(cfg, component_schedule=(aug.n_components,) * len(prior),
-                                    prior_schedule=prior, iterations_per_level=iterations)
-    k = model.n_components
+    (:func:`ssm.fitting.model_fit.iterate.fit_model`, as is ``exact_last``)."""
+    k = problem.model.n_components
     coeffs = np.concatenate([state.coeffs / identity_sd, np.zeros(aug.n_components - k)])
-    aug_state, _ = fit_model(aug, scan, state.pose, refit_cfg, lms, lm_keep, fixed_scale, coeffs=coeffs,
-                             candidates=None if occluded is None else ~occluded,
-                             landmark_variance_scale=landmark_variance_scale, exact_last=exact_last)
-    start = basis_instance(aug, scaled_basis(aug), aug_state.coeffs, aug.n_components)
-    identity = aug_state.coeffs[:k] * identity_sd
-    aug_state = dataclasses.replace(aug_state, coeffs=np.concatenate([identity, aug_state.coeffs[k:]]))
-    return aug_state, start, basis_instance(model, scaled_basis(model), identity, k)
+    fitted = fit_model(problem, state, schedule, model=aug, coeffs=coeffs,
+                       candidates=None if state.occluded is None else ~state.occluded,
+                       landmark_variance_scale=landmark_variance_scale, exact_last=exact_last).state
+    start = basis_instance(aug, scaled_basis(aug), fitted.coeffs, aug.n_components)
+    identity = fitted.coeffs[:k] * identity_sd
+    return AugmentedFit(fitted.replace(coeffs=identity), np.concatenate([identity, fitted.coeffs[k:]]), start,
+                        basis_instance(problem.model, scaled_basis(problem.model), identity, k))
 
 
-def field_rms(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, amplitude_mm: float,
-              lms: MatchedLandmarks | None, lm_keep: np.ndarray | None, fixed_scale: float | None,
-              occluded: np.ndarray | None = None) -> float:
+def field_rms(problem: FitProblem, state: FitState, amplitude_mm: float) -> float:
     """RMS over the model's vertices (mm) of a field of ``amplitude_mm`` over the whole
     model, after :data:`PROBE_ITERATIONS` quick joint iterations at the full prior from
     the model fit ``state``: how much of the scan the identity explains only by bending.
     Its iterations all match random subsets (no exact last one): the gate was measured
-    so, and the probe runs on every scan.
-
-    On held-out ICT scans with fewer than 20 landmarks, a 1 mm field reaches 0.27-1.03 mm
-    on neutral faces (frontal, three-view, three-quarter and profile scans, point clouds,
-    hair, busts) and 1.8-2.1 mm with an expression (jaw open, smile, brows raised); see
-    :mod:`ssm.fitting.expression_field` for other expressions.
-    """
-    _, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, PROBE_LENGTH_MM)
-    _, start, identity = refit_augmented(model, aug, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                                         (1.0,), PROBE_ITERATIONS, exact_last=False)
-    return vertex_rms(start - identity)
+    so, and the probe runs on every scan."""
+    _, aug = _whole_model_fields(problem, amplitude_mm, state.coeffs, PROBE_LENGTH_MM)
+    probe = augmented_schedule(problem.config.model_fit, aug.n_components, (1.0,), PROBE_ITERATIONS)
+    fitted = refit_augmented(problem, state, aug, probe, exact_last=False)
+    return vertex_rms(fitted.start - fitted.identity)
 
 
-def mirror_correlation(model: ShapeModel, displacement: np.ndarray, cfg: FitConfig) -> float:
+def mirror_correlation(model: ShapeModel, displacement: np.ndarray, enabled: bool = True) -> float:
     """The correlation between the field's two sides for the next fit, from a field fitted
     without it (N, 3, mm): its symmetric share (:func:`ssm.geometry.mirror.symmetric_share`)
     capped at :data:`MIRROR_RHO_MAX`, or 0 under :data:`MIRROR_RHO_MIN`, for a model
-    without a mirror symmetry (:func:`model_mirror`) or with ``cfg.mirror_field`` off.
-
-    On the ICT expression cases the share is about 0.75-0.94 for symmetric expressions
-    (the benchmark's, a smile, an open jaw with a pucker; 0.33 for a frown with 68
-    landmarks) and -0.31 to -0.01 for a one-sided smile with a squint, which keeps the
-    field it had.
-    """
-    mirror = model_mirror(model) if cfg.mirror_field else None
+    without a mirror symmetry (:func:`model_mirror`) or when not ``enabled``
+    (``FitConfig.refine.mirror_field``). Symmetric expressions (a smile, an open jaw)
+    share most of their field between the sides; a one-sided smile none, and it keeps
+    the field it had."""
+    mirror = model_mirror(model) if enabled else None
     if mirror is None:
         return 0.0
     rho = min(symmetric_share(displacement, mirror), MIRROR_RHO_MAX)
     return rho if rho >= MIRROR_RHO_MIN else 0.0
 
 
-def fit_with_field(model: ShapeModel, scan: Scan, state: ModelFitState, cfg: FitConfig, region: np.ndarray,
-                   amplitude_mm: float, lms: MatchedLandmarks | None, lm_keep: np.ndarray | None,
-                   fixed_scale: float | None, occluded: np.ndarray | None = None, relevance_rounds: int = 0,
-                   smoothness: float | None = None, landmark_variance_scale: float = 1.0,
-                   identity_sd: float = 1.0) -> tuple[ModelFitState, np.ndarray, int, float]:
-    """Refit ``model`` with a smooth deformation field over ``region`` (N,) bool, jointly
+@dataclass(frozen=True, eq=False)
+class FieldFit:
+    """:func:`fit_with_field`'s result: the state (identity coefficients (K,), pose,
+    correspondences), the instance with the field (N, 3, model frame, mm), the number
+    of field components (3 per field) and the correlation between the sides the last
+    fit used (0: none)."""
+
+    state: FitState
+    start: np.ndarray
+    n_fields: int
+    mirror_rho: float
+
+
+def fit_with_field(problem: FitProblem, state: FitState, region: np.ndarray, amplitude_mm: float,
+                   relevance_rounds: int = 0, smoothness: float | None = None,
+                   landmark_variance_scale: float = 1.0, identity_sd: float = 1.0) -> FieldFit:
+    """Refit the model with a smooth deformation field over ``region`` (N,) bool, jointly
     with the identity, from the model fit ``state``: the field has ``amplitude_mm`` and
-    ``cfg.warp_basis_length_mm`` / ``cfg.warp_basis_taper_mm``
-    (:func:`smooth_deformation_basis`, with the kernel ``smoothness`` picks,
-    :func:`heat_kernel_fields`), the prior anneals over :data:`REFIT_PRIOR`
-    (:data:`REFIT_ITERATIONS` per level, one more with fewer than 3 landmarks), on the
-    whole scan and the landmarks ``lms[lm_keep]``, their variances scaled by
-    ``landmark_variance_scale``; ``occluded`` (N,) vertices stay out. ``identity_sd``
-    loosens the identity's prior by that factor in its deviations
-    (:func:`augmented_model`; ``FitConfig.field_identity_sd``).
+    the config's ``warp_basis_length_mm`` / ``warp_basis_taper_mm``
+    (:func:`smooth_deformation_basis`, with the kernel ``smoothness`` picks), the prior
+    anneals over :data:`REFIT_PRIOR` (:data:`REFIT_ITERATIONS` per level, one more when
+    landmarks do not pin the fit), on the whole scan and the kept landmarks, their
+    variances scaled by ``landmark_variance_scale``; ``state.occluded`` vertices stay
+    out. ``identity_sd`` loosens the identity's prior by that factor in its deviations
+    (:func:`augmented_model`).
+
     ``relevance_rounds`` more fits each give the field, per vertex, the amplitude the
     last one used (:func:`relevance`), always from ``state``'s identity: the field
     gathers where the subject leaves the model, and the identity is fitted by the rest.
-
     When the first fit's field is mostly symmetric (:func:`mirror_correlation`), the
-    later fits correlate its two sides by that much (:func:`augmented_model`); with no
-    relevance rounds, one more fit does. Landmark noise and a surface that shows the
-    skin's slide only on one side of a part average over both sides: on the ICT
-    expression cases 0.96 / 1.12 / 1.13 -> 0.91 / 1.06 / 1.09 mm (68 landmarks / 7 /
-    none; ``benchmarks/bench_fitting.py``).
-
-    Returns the state with the identity's coefficients (K,) and pose, the instance with
-    the field (N, 3) model frame, mm, the number of field components (3 per field) and
-    the correlation between the sides the last fit used (0: none).
+    later fits correlate its two sides by that much; with no relevance rounds, one more
+    fit does: landmark noise and one-sided evidence average over both sides.
     """
     if not identity_sd > 0:
-        raise ValueError(f"identity_sd {identity_sd!r}: give a number > 0 (FitConfig.field_identity_sd)")
+        raise ValueError(f"identity_sd {identity_sd!r}: give a number > 0 (FitConfig.refine.field_identity_sd)")
+    model, cfg = problem.model, problem.config.refine
     if region.all():
-        fields, aug = _whole_model_fields(model, cfg, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm,
+        fields, aug = _whole_model_fields(problem, amplitude_mm, state.coeffs, cfg.warp_basis_length_mm,
                                           smoothness, identity_sd)
     else:
         fields = smooth_deformation_basis(model, model.instance(state.coeffs), region, cfg.warp_basis_length_mm,
-                                          cfg.warp_basis_taper_mm, np.random.default_rng(cfg.seed + 3), smoothness)
+                                          cfg.warp_basis_taper_mm, problem.streams.rng("field_basis"), smoothness)
         aug = augmented_model(model, fields, amplitude_mm, identity_sd=identity_sd)
-    # without landmarks nothing pins the fit along the surface: one more iteration per
-    # level, as in the model fit (no landmarks, expression cases: 1.60 -> 1.48 mm over 10)
-    n_lm = 0 if lms is None else int(len(lms) if lm_keep is None else np.count_nonzero(lm_keep))
-    iterations = REFIT_ITERATIONS + (1 if n_lm < 3 else 0)
+    iterations = REFIT_ITERATIONS + (0 if problem.n_kept_landmarks(state.landmark_mask) >= 3 else 1)
+    schedule = augmented_schedule(problem.config.model_fit, aug.n_components, REFIT_PRIOR, iterations)
 
-    def refit(aug_model: ShapeModel):
-        return refit_augmented(model, aug_model, scan, state, cfg, lms, lm_keep, fixed_scale, occluded,
-                               REFIT_PRIOR, iterations, landmark_variance_scale, identity_sd)
+    def refit(aug_model: ShapeModel) -> AugmentedFit:
+        return refit_augmented(problem, state, aug_model, schedule, landmark_variance_scale, identity_sd)
 
-    aug_state, start, identity = refit(aug)
-    rho = mirror_correlation(model, start - identity, cfg)
+    fitted = refit(aug)
+    rho = mirror_correlation(model, fitted.start - fitted.identity, cfg.mirror_field)
     mirror = model_mirror(model) if rho > 0 else None
     if relevance_rounds:
         average = _neighbour_average(model, np.asarray(model.mean, np.float64).reshape(-1, 3))
     for _ in range(relevance_rounds):
-        weight = relevance(average, start - identity, amplitude_mm)
-        aug_state, start, identity = refit(augmented_model(model, fields * weight[:, None], amplitude_mm,
-                                                           mirror, rho, identity_sd))
+        weight = relevance(average, fitted.start - fitted.identity, amplitude_mm)
+        fitted = refit(augmented_model(model, fields * weight[:, None], amplitude_mm, mirror, rho, identity_sd))
     if not relevance_rounds and rho > 0:
-        aug_state, start, identity = refit(augmented_model(model, fields, amplitude_mm, mirror, rho, identity_sd))
-    return (dataclasses.replace(aug_state, coeffs=aug_state.coeffs[:model.n_components]), start,
-            3 * fields.shape[1], rho)
+        fitted = refit(augmented_model(model, fields, amplitude_mm, mirror, rho, identity_sd))
+    return FieldFit(fitted.state, fitted.start, 3 * fields.shape[1], rho)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm.fitting.color_transfer import COLOR_DISTANCE_MM, bake_texture
-from ssm.fitting.result import FitResult
+from ssm.fitting.outputs.colors import COLOR_DISTANCE_MM, bake_texture
+from ssm.fitting.outputs.result import FitResult
 from ssm.io.atomic import atomic_write
 from ssm.io.landmark_writer import write_landmark_points
 from ssm.io.meshes import write_mesh
@@ -29,7 +29,7 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     colours, a texture of ``texture_size`` rows (0: none) baked from it that both use:
     ``fit.mtl``, ``fit_texture.png``.
 
-    scan : the :class:`~ssm.fitting.scan.Scan` (for the picture and the texture), optional.
+    scan : the :class:`~ssm.fitting.prepare.scan.Scan` (for the picture and the texture), optional.
     info : extra JSON fields (input paths, ...).
     """
     out = Path(out)
