@@ -1,6 +1,6 @@
 """Fitting accuracy and speed on held-out ICT cases, next to NICP baselines in the same run.
 
-A model is trained on 300 ICT identities with surface detail (``ssm.demo.ict_cases``);
+A model is trained on 300 ICT identities with surface detail (``ssm.synthetic.ict_cases``);
 held-out subjects (identity + their own detail, optionally an expression) become raw
 scans (re-triangulated range images from one or three views, 0.3 mm noise along the ray,
 0.8 mm sampling, holes, 1 % outliers, random rigid pose). Scored: mean per-vertex
@@ -56,7 +56,7 @@ BASELINE_CASES = [("frontal", "68", False), ("frontal", "7", False), ("three", "
 
 def load_ict_or_skip():
     """The ICT head model from ../shared/data, or None (with the reason printed)."""
-    from ssm.demo.ict_cases import load_ict
+    from ssm.synthetic.ict_cases import load_ict
 
     ict_path = SHARED / "ict_head" / "ict_head.npz"
     if not ict_path.exists():
@@ -74,7 +74,7 @@ def face_error(ict, to_truth, truth: np.ndarray, verts_scan: np.ndarray) -> floa
 def train_model(ict, tmp: Path, expressions: bool = False):
     """The benchmark's model: 300 ICT identities with surface detail; with
     ``expressions``, the same 300 once more with a random expression each (one PCA)."""
-    from ssm.demo.ict_cases import subjects, with_expressions
+    from ssm.synthetic.ict_cases import subjects, with_expressions
     from ssm.io.corpus import write_corpus
     from ssm.training.trainer import ModelTrainer
 
@@ -90,7 +90,7 @@ def expression_model_rows(ict, seeds: int) -> list[dict]:
     """The frontal 68-landmark cases, neutral and with the held-out expression, fitted
     with a model whose corpus also holds expression scans (random ICT blendshape
     mixtures of the training identities, none the held-out one)."""
-    from ssm.demo.ict_cases import heldout_case
+    from ssm.synthetic.ict_cases import heldout_case
     from ssm.fitting.fit import fit
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +146,7 @@ def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
     scan moved by its own rigid motion (5 degrees, 10 mm), paired by id."""
     from scipy.spatial.transform import Rotation
 
-    from ssm.demo.ict_cases import subjects, with_expressions
+    from ssm.synthetic.ict_cases import subjects, with_expressions
     from ssm.training.expressions import pair_expressions, train_expression_model
 
     neutral = subjects(ict, 300, seed=1)  # the identity model's corpus (train_model)
@@ -162,7 +162,7 @@ def trained_expression_rows(ict, model, seeds: int) -> list[dict]:
 def fits_with_expression_model(ict, model, expression, seeds: int, method: str) -> list[dict]:
     """Rows of the frontal cases with 68, 7 and no landmarks, neutral and with the
     held-out expression, fitted with ``model`` and its ``expression`` model."""
-    from ssm.demo.ict_cases import heldout_case
+    from ssm.synthetic.ict_cases import heldout_case
     from ssm.fitting.fit import fit
 
     rows = []
@@ -186,9 +186,8 @@ def fits_with_expression_model(ict, model, expression, seeds: int, method: str) 
 def expression_field_rows(ict, model, seeds: int) -> list[dict]:
     """The frontal cases with 7 landmarks and none: with the held-out expression and
     ``--expression-field off``, neutral with ``--expression-field on``."""
-    import dataclasses
 
-    from ssm.demo.ict_cases import heldout_case
+    from ssm.synthetic.ict_cases import heldout_case
     from ssm.fitting.config import FitConfig
     from ssm.fitting.fit import fit
 
@@ -287,7 +286,7 @@ def main() -> None:
     ict = load_ict_or_skip()
     if ict is None:
         return
-    from ssm.demo.ict_cases import heldout_case
+    from ssm.synthetic.ict_cases import heldout_case
     from ssm.fitting.config import FitConfig
     from ssm.fitting.fit import fit
 

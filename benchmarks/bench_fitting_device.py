@@ -42,7 +42,7 @@ CASES = [("three", "7"), ("frontal", "68"), ("frontal", "none")]
 
 def write_cases(ict, out: Path, seeds: int) -> None:
     """Held-out cases (``ict_cases.heldout_case``, mm) as compressed npz files."""
-    from ssm.demo.ict_cases import heldout_case
+    from ssm.synthetic.ict_cases import heldout_case
 
     out.mkdir(parents=True, exist_ok=True)
     for views, lmk in CASES:
@@ -92,7 +92,7 @@ def main() -> None:
     if not args.ict.exists():
         print(f"skipped: the ICT head model is not at {args.ict} (--ict or SSM_SHARED_DATA)")
         return
-    from ssm.demo.ict_cases import load_ict
+    from ssm.synthetic.ict_cases import load_ict
 
     ict = load_ict(args.ict)
     if args.write_cases:
@@ -118,7 +118,7 @@ def main() -> None:
             cases.append((path.stem, d["vertices"], d["faces"].astype(np.int64), lm, d["truth"],
                           Similarity.from_matrix(d["to_scan"]).inverse()))
     else:
-        from ssm.demo.ict_cases import heldout_case
+        from ssm.synthetic.ict_cases import heldout_case
 
         for views, lmk in CASES:
             for seed in range(args.seeds):

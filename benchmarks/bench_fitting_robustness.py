@@ -74,7 +74,7 @@ VARIANTS = {
     "whole body, no landmarks, units given": (BODY_VIEW, "none", "body+units"),
     "whole body, no landmarks": (BODY_VIEW, "none", "body"),
 }
-# surface detail of the "detail" variants (ssm.demo.ict_cases.surface_detail amplitude, mm;
+# surface detail of the "detail" variants (ssm.synthetic.ict_cases.surface_detail amplitude, mm;
 # the standard subjects have 0.8): projected onto the model with perfect correspondence,
 # such a subject is about 0.6 mm off on the narrow face, the standard ones 0.2 mm
 DETAIL_MM = 3.0
@@ -82,18 +82,18 @@ DETAIL_MM = 3.0
 
 def make_variant(ict, seed: int, raw_kw: dict, edit: str | None):
     """(truth (N, 3) mm, scan for ssm.fit, landmarks (68, 3) scan frame, scan -> truth frame)."""
-    from ssm.demo.ict_cases import subjects
-    from ssm.demo.raw_scans import make_raw_scan
+    from ssm.synthetic.ict_cases import subjects
+    from ssm.synthetic.raw_scans import make_raw_scan
 
     truth = subjects(ict, 1, 10_000 + seed, detail_mm=DETAIL_MM if edit == "detail" else 0.8)[0]
     surface = truth
     if edit == "hair":  # the scanner sees the hair; the truth is the skin under it
-        from ssm.demo.ict_cases import with_hair
+        from ssm.synthetic.ict_cases import with_hair
 
         surface = with_hair(ict, truth, 18.0)
     triangles = ict.triangles
     if edit in ("shoulders", "body", "body+units"):  # a bust: a torso under the neck
-        from ssm.demo.ict_cases import with_shoulders
+        from ssm.synthetic.ict_cases import with_shoulders
 
         surface, triangles = with_shoulders(surface, triangles)
     if edit in ("body", "body+units"):  # and below it a trunk and two legs (capsules), 1.7 m in all
@@ -159,7 +159,7 @@ def main() -> None:
             truth, scan, lm, back = make_variant(ict, seed, raw_kw, edit)
             t = time.perf_counter()
             if lmk == "7":  # eye corners, nose tip, mouth corners; the rest missing
-                from ssm.demo.ict_cases import IBUG7
+                from ssm.synthetic.ict_cases import IBUG7
 
                 lm = np.where(np.isin(np.arange(len(lm)), IBUG7)[:, None], lm, np.nan)
             units = raw_kw.get("units", "mm") if edit == "body+units" else "auto"

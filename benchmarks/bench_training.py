@@ -47,7 +47,7 @@ def make_corpus(path: Path, n: int, seed: int = 0) -> str:
         tri = d["triangles"]
         source = "ICT head model, 100 modes"
     else:
-        from ssm.demo.synthetic_heads import make_generator
+        from ssm.synthetic.heads import make_generator
 
         g = make_generator(n_lat=88, n_lon=128)
         mean, modes, tri = g.mean.reshape(-1), g.fields.reshape(len(g.fields), -1), g.triangles

@@ -225,7 +225,7 @@ def evaluate(
             if t is not None:
                 t.close()
     _write_evaluation(ev, out)
-    _print_evaluation(ev)
+    _console().print(ev.table())
     _console().print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
 
 
@@ -242,21 +242,6 @@ def _write_evaluation(ev, out: Path) -> None:
     with atomic_write(out / "evaluation.json") as tmp:
         tmp.write_text(ev.to_json())
     ev.plot(out / "evaluation.png")
-
-
-def _print_evaluation(ev) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"Model evaluation ({ev.units})")
-    for col in ("K", "variance", "gen v2v", "gen v2s", "spec v2v", "spec v2s"):
-        table.add_column(col, justify="right")
-    spec = {p.n_components: p for p in ev.specificity}
-    for g in ev.generalisation:
-        s = spec.get(g.n_components)
-        frac = ev.compactness[g.n_components - 1] if g.n_components <= len(ev.compactness) else float("nan")
-        table.add_row(str(g.n_components), f"{frac * 100:.2f}%", f"{g.v2v_mean:.3f}", f"{g.v2s_mean:.3f}",
-                      f"{s.v2v_mean:.3f}" if s else "-", f"{s.v2s_mean:.3f}" if s else "-")
-    _console().print(table)
 
 
 @app.command()

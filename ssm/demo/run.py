@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm.demo.synthetic_heads import make_generator, sample_heads
+from ssm.synthetic.heads import make_generator, sample_heads
 
 
 def largest_angle_outside(truth: np.ndarray, estimate: np.ndarray) -> float:
@@ -73,9 +73,8 @@ def run_demo(out: Path, model_out: Path, n_subjects: int = 150, n_test: int = 30
     with atomic_write(out / "evaluation" / "evaluation.json") as tmp:
         tmp.write_text(ev.to_json())
     ev.plot(out / "evaluation" / "evaluation.png")
-    from ssm.cli.app import _print_evaluation
-
-    _print_evaluation(ev)
+    if console is not None:
+        console.print(ev.table())
     # The generator's span, less the similarity motions that Procrustes removes, must
     # contain the model's components.
     from ssm.geometry.similarity import fit_similarity, similarity_tangent_basis
@@ -111,7 +110,7 @@ def run_demo(out: Path, model_out: Path, n_subjects: int = 150, n_test: int = 30
 def _fit_demo(model, gen, out: Path, seed: int, say) -> dict:
     """5. A held-out head -> raw-looking scan (new topology, noise, holes, outliers, pose,
     centimetres) with 7 noisy landmarks -> fit -> error against the truth."""
-    from ssm.demo.raw_scans import make_raw_scan
+    from ssm.synthetic.raw_scans import make_raw_scan
     from ssm.fitting.outputs.write import write_fit
     from ssm.fitting.fit import fit
     from ssm.fitting.prepare.scan import scan_from_arrays

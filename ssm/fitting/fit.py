@@ -16,7 +16,7 @@ from ssm.fitting.outputs.result import FitResult
 from ssm.fitting.problem import FitProblem, fit_problem
 from ssm.fitting.refine.expression_field import expression_field_stage
 from ssm.fitting.refine.expression_model import expression_model_stage
-from ssm.fitting.refine.landmark_warp import landmark_warp_stage
+from ssm.fitting.refine.landmark_warp import MIN_LANDMARKS, landmark_warp_stage
 from ssm.fitting.refine.nicp import nicp
 from ssm.fitting.refine.occlusion import occlusion
 from ssm.fitting.refine.pose import refine_pose
@@ -73,7 +73,7 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     if problem.expression_model is not None:
         state = run(expression_model_stage, state)
     else:
-        if refine.landmark_warp and problem.landmarks is not None:
+        if refine.landmark_warp and problem.n_kept_landmarks(state.landmark_mask) >= MIN_LANDMARKS:
             state = run(landmark_warp_stage, state)
         if refine.expression_field_mm > 0 and state.region is None:
             state = run(expression_field_stage, state)

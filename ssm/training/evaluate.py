@@ -56,6 +56,21 @@ class Evaluation:
     n_samples: int
     settings: dict = field(default_factory=dict)
 
+    def table(self):
+        """A rich table of compactness, generalisation and specificity by component count."""
+        from rich.table import Table
+
+        table = Table(title=f"Model evaluation ({self.units})")
+        for col in ("K", "variance", "gen v2v", "gen v2s", "spec v2v", "spec v2s"):
+            table.add_column(col, justify="right")
+        spec = {p.n_components: p for p in self.specificity}
+        for g in self.generalisation:
+            s = spec.get(g.n_components)
+            frac = self.compactness[g.n_components - 1] if g.n_components <= len(self.compactness) else float("nan")
+            table.add_row(str(g.n_components), f"{frac * 100:.2f}%", f"{g.v2v_mean:.3f}", f"{g.v2s_mean:.3f}",
+                          f"{s.v2v_mean:.3f}" if s else "-", f"{s.v2s_mean:.3f}" if s else "-")
+        return table
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 

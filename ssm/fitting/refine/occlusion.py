@@ -34,7 +34,6 @@ from ssm.fitting.model_fit.schedule import configured_schedule
 from ssm.fitting.problem import FitProblem
 from ssm.fitting.state import FitState, StageReport, StageResult
 from ssm.geometry.mesh_ops import vertex_adjacency
-from ssm.models.shape_model import ShapeModel
 
 OUTSIDE_MM = 2.5  # a smoothed outward residual above this is not skin
 GROW_MM = 1.0  # ... and the regions grow over connected vertices above this

@@ -7,10 +7,17 @@ step keeps the field's freedom where it was used."""
 import numpy as np
 from conftest import grid_triangles
 
-from ssm.fitting.config import FitConfig
-from ssm.fitting.refine.deformation_basis import (FIELD_CACHE_SIZE, RELEVANCE_FLOOR, _neighbour_average, _whole_model_fields,
-                                          augmented_model, relevance, smooth_deformation_basis)
-from ssm.fitting.model_fit.iterate import basis_instance, scaled_basis
+from ssm.fitting.model_fit.basis import basis_instance, scaled_basis
+from ssm.fitting.problem import fit_problem
+from ssm.fitting.refine.deformation_basis import (
+    FIELD_CACHE_SIZE,
+    RELEVANCE_FLOOR,
+    _neighbour_average,
+    _whole_model_fields,
+    augmented_model,
+    relevance,
+    smooth_deformation_basis,
+)
 from ssm.models.shape_model import ShapeModel
 
 
@@ -102,23 +109,23 @@ def test_whole_model_fields_are_cached_per_length():
     tri = grid_triangles(n_side, n_side)
     model = ShapeModel(x, np.linalg.qr(np.random.default_rng(0).normal(size=(3 * len(x), 3)))[0],
                        np.array([9.0, 4.0, 1.0]), triangles=tri)
-    cfg, c = FitConfig(), np.zeros(3)
-    long_f, long_aug = _whole_model_fields(model, cfg, 1.0, c, 50.0)
-    short_f, short_aug = _whole_model_fields(model, cfg, 1.0, c, 25.0)
+    problem, c = fit_problem(model, (x, tri), device="cpu"), np.zeros(3)
+    long_f, long_aug = _whole_model_fields(problem, 1.0, c, 50.0)
+    short_f, short_aug = _whole_model_fields(problem, 1.0, c, 25.0)
     assert short_f.shape[1] > long_f.shape[1] > 0
     assert short_aug.n_components == 3 + 3 * short_f.shape[1]
-    again_f, again_aug = _whole_model_fields(model, cfg, 1.0, c, 50.0)
+    again_f, again_aug = _whole_model_fields(problem, 1.0, c, 50.0)
     assert again_f is long_f and again_aug is long_aug
-    _whole_model_fields(model, cfg, 2.0, c, 50.0)
+    _whole_model_fields(problem, 2.0, c, 50.0)
     assert len(model.__dict__["_whole_model_fields"]) == FIELD_CACHE_SIZE
     # a rougher kernel on the same harmonics is an entry of its own, not the heat kernel's
-    rough_f, _ = _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)
+    rough_f, _ = _whole_model_fields(problem, 1.0, c, 50.0, smoothness=2.0)
     assert rough_f.shape == long_f.shape and not np.allclose(rough_f, long_f)
-    assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
+    assert _whole_model_fields(problem, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
     # the entry used on every scan (the probe's) outlives refit entries of changing amplitudes
     for amplitude in (1.5, 2.5, 3.5):
-        _whole_model_fields(model, cfg, amplitude, c, 25.0)
-        assert _whole_model_fields(model, cfg, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
+        _whole_model_fields(problem, amplitude, c, 25.0)
+        assert _whole_model_fields(problem, 1.0, c, 50.0, smoothness=2.0)[0] is rough_f
 
 
 def test_non_positive_identity_sd_is_a_clear_error():
@@ -129,6 +136,5 @@ def test_non_positive_identity_sd_is_a_clear_error():
 
     x = _sheet(6)
     for bad in (0.0, -1.0):
-        with pytest.raises(ValueError, match=r"give a number > 0 \(FitConfig.field_identity_sd\)"):
-            fit_with_field(_points(x), None, None, FitConfig(), np.ones(len(x), bool), 1.0, None, None, None,
-                           identity_sd=bad)
+        with pytest.raises(ValueError, match=r"give a number > 0 \(FitConfig.refine.field_identity_sd\)"):
+            fit_with_field(None, None, np.ones(len(x), bool), 1.0, identity_sd=bad)

@@ -4,8 +4,8 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from ssm.errors import SSMError
 from ssm.io.model_file import load_model, save_model
 from ssm.models.shape_model import ShapeModel

@@ -3,7 +3,7 @@
 Training subjects and held-out subjects are ICT identities plus per-subject surface
 detail that no linear model of other subjects spans (smooth random bumps along the
 normal), optionally with an expression (ICT blendshapes) that an identity model does not
-span. Held-out subjects become raw scans with :func:`ssm.demo.raw_scans.make_raw_scan`.
+span. Held-out subjects become raw scans with :func:`ssm.synthetic.raw_scans.make_raw_scan`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm.demo.raw_scans import RawScan, make_raw_scan
+from ssm.synthetic.raw_scans import RawScan, make_raw_scan
 from ssm.geometry.mesh_ops import vertex_normals
 
 IBUG7 = (36, 39, 42, 45, 30, 48, 54)  # eye corners, nose tip, mouth corners

@@ -3,12 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from ssm.cli.app import app
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -23,8 +22,8 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_import_train_evaluate_via_cli(tmp_path, generator):
-    from ssm.demo.synthetic_heads import sample_heads
     from ssm.io.meshes import write_mesh
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 25, seed=5)
     for i, x in enumerate(v):

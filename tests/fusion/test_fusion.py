@@ -95,9 +95,10 @@ def test_fusing_two_noisy_fits_of_one_subject(tmp_path):
     """Two independent scans of one held-out ICT subject: fused beats each, and beats the
     plain average when one scan is degraded."""
     from conftest import shared_file
-    from ssm.demo.ict_cases import heldout_case, load_ict, subjects
+
     from ssm.fitting.fit import fit
     from ssm.io.corpus import write_corpus
+    from ssm.synthetic.ict_cases import heldout_case, load_ict, subjects
     from ssm.training.trainer import ModelTrainer
 
     ict = load_ict(shared_file("ict_head/ict_head.npz"))

@@ -72,7 +72,7 @@ def test_variance_fraction_and_noise(small_corpus):
 
 
 def test_pruning_drops_injected_outliers(tmp_path, generator):
-    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 76, seed=11)
     bad = generator.heads(np.random.default_rng(2).standard_normal((4, generator.fields.shape[0])) * 6)
@@ -85,7 +85,7 @@ def test_pruning_drops_injected_outliers(tmp_path, generator):
 
 
 def test_partial_registrations_are_imputed(tmp_path, generator):
-    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 120, seed=4, pose=False)
     write_corpus(tmp_path / "full.h5", v, generator.triangles, dtype=np.float64)

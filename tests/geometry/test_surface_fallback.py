@@ -5,7 +5,11 @@ import pytest
 import trimesh
 
 import ssm.geometry.surface_distance as surface_distance
-from ssm.geometry.surface_distance import SurfaceQuery, TriangleSearch, closest_on_triangles
+from ssm.geometry.surface_distance import (
+    SurfaceQuery,
+    TriangleSearch,
+    closest_on_triangles,
+)
 
 
 @pytest.fixture()

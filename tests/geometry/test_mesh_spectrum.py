@@ -4,7 +4,10 @@ import numpy as np
 import trimesh
 from conftest import grid_triangles
 
-from ssm.fitting.refine.deformation_basis import heat_kernel_fields, smooth_deformation_basis
+from ssm.fitting.refine.deformation_basis import (
+    heat_kernel_fields,
+    smooth_deformation_basis,
+)
 from ssm.geometry.mesh_spectrum import low_harmonics
 from ssm.models.shape_model import ShapeModel
 

@@ -140,7 +140,7 @@ def make_raw_scan(vertices: np.ndarray, triangles: np.ndarray, views: str | floa
         lo, hi = pts.min(0) - 30, pts.max(0) + 30
         pts = np.concatenate([pts, rng.uniform(lo, hi, (n_out, 3))])  # isolated stray points
     if pose:
-        from ssm.demo.synthetic_heads import random_rigid
+        from ssm.synthetic.heads import random_rigid
 
         r, t = random_rigid(1, rng, max_angle_deg=180.0, max_shift_mm=300.0)
         rot, shift = r[0], t[0]

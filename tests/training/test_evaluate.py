@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from ssm.io.corpus import Corpus, write_corpus
-from ssm.training.evaluate import components_grid, evaluate, generalisation_heldout, specificity
+from ssm.training.evaluate import (
+    components_grid,
+    evaluate,
+    generalisation_heldout,
+    specificity,
+)
 from ssm.training.trainer import ModelTrainer
 
 
@@ -19,7 +24,7 @@ def test_components_grid():
 
 def test_training_shapes_generalise_perfectly_with_all_components(tmp_path, generator):
     """A model reconstructs its own (noise-free, linear) training data exactly."""
-    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 30, seed=2)
     write_corpus(tmp_path / "c.h5", v, generator.triangles, dtype=np.float64)
@@ -32,7 +37,7 @@ def test_training_shapes_generalise_perfectly_with_all_components(tmp_path, gene
 
 
 def test_heldout_curves_behave(trained, tmp_path, generator):
-    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 15, seed=99)
     write_corpus(tmp_path / "t.h5", v, generator.triangles)

@@ -10,7 +10,7 @@ from ssm.io.meshes import write_mesh
 
 @pytest.fixture()
 def meshes(tmp_path, generator):
-    from ssm.demo.synthetic_heads import sample_heads
+    from ssm.synthetic.heads import sample_heads
 
     v, _ = sample_heads(generator, 6, seed=1)
     folder = tmp_path / "meshes"

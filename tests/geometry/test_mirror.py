@@ -6,8 +6,11 @@ import numpy as np
 from conftest import grid_triangles
 from scipy.spatial.transform import Rotation
 
-from ssm.fitting.refine.deformation_basis import augmented_model, smooth_deformation_basis
-from ssm.fitting.model_fit.iterate import scaled_basis
+from ssm.fitting.model_fit.basis import scaled_basis
+from ssm.fitting.refine.deformation_basis import (
+    augmented_model,
+    smooth_deformation_basis,
+)
 from ssm.geometry.mirror import find_mirror, symmetric_share
 from ssm.models.shape_model import ShapeModel
 
