@@ -1,6 +1,14 @@
-"""Fitting a shape model to a raw scan: initialisation, model fit, non-rigid ICP, pose.
+"""Fitting a shape model to a raw scan, laid out as the algorithm (``fit.py`` strings the
+stages together; ``docs/fitting.md`` has the table):
 
-Data flow: ``scan`` (loading, normals, cleaning) -> ``landmark_match`` -> ``init_landmarks``
-/ ``init_auto`` -> ``rigid`` -> ``model_fit`` -> ``nicp`` -> ``pose`` -> ``outputs``;
-``pipeline.fit`` strings them together with a ``FitConfig``.
+``prepare/``     the scan (normals, borders, stray points) and the landmarks' names
+``problem.py``   one :class:`FitProblem`: model, scan, landmarks, units, config, device, random streams
+``initialise/``  the pose: given, from landmarks or by the automatic search; rigid refinement
+``model_fit/``   the MAP model fit (correspondences, solves, schedules)
+``refine/``      what the model does not span: occlusion, expression, deformation fields,
+                 non-rigid ICP, the final pose
+``finish/``      uncertainty, smoothing, the verdict and the :class:`FitResult`
+``outputs/``     the result type, the files written, colour transfer
+
+Each stage is ``stage(problem, state) -> StageResult`` (:mod:`ssm.fitting.state`).
 """

@@ -66,10 +66,9 @@ def fuse(sources: list[GeometrySource], k: float = 3.0, iterations: int = 20, al
         works), when that moves the source by more than ``k`` times the two sources'
         typical standard deviation (RMS over their shared vertices against the root of
         the median summed variance). Within that, the difference is the sources' own
-        errors, not their frames: a fit's slightly turned face would otherwise be passed
-        on to an exact map (a synthetic test: 0.40 mm fused instead of 0.59 mm; with
-        one standard deviation as the bar, that test aligned as soon as the fit's
-        variances were calibrated to 95 % within 2 sigma).
+        errors, not their frames: aligning an exact map to a fit would hand it the fit's
+        error (a bar of one standard deviation is crossed by calibrated sources' own
+        errors).
     triangles : (M, 3) mesh of the topology. With it, each source's own roughness (its
         deviation from the mean of its neighbours) measures its noise, which tells a
         degraded source even when there are only two; with three or more sources the

@@ -61,7 +61,7 @@ def low_harmonics(vertices: np.ndarray, triangles: np.ndarray, max_eigenvalue: f
     k = int(1.2 * mass.sum() * max_eigenvalue / (4.0 * np.pi)) + 12
     op, m = stiffness.tocsc(), sp.diags(mass).tocsc()
     # a fixed start vector: ARPACK's random one makes every run's eigenvectors differ in
-    # the last digits, and the fits that use them differ by up to 0.05 mm
+    # the last digits, and the fits that use them would differ from run to run
     v0 = np.random.default_rng(0).standard_normal(n)
     while True:
         k = min(k, MAX_EIGENPAIRS, n - 2)

@@ -180,7 +180,7 @@ class ShapeModel:
         """MAP standardised coefficients of a shape under the Gaussian prior.
 
         shape : (N, 3) in model units and frame, in correspondence with the model
-            (align it first, e.g. with :func:`ssm.training.procrustes.align_to`).
+            (align it first, e.g. with :func:`ssm.geometry.similarity.fit_similarity`).
         mask : (N,) bool, vertices that were observed (partial shapes); None = all.
         noise_variance : observation noise (units^2); default: the model's.
         n_components : use only the first k components.

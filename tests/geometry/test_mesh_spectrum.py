@@ -119,6 +119,6 @@ def test_a_smoothness_that_is_not_positive_is_a_clear_error():
 
     s = trimesh.creation.icosphere(subdivisions=2, radius=60.0)
     model = ShapeModel(np.asarray(s.vertices), np.zeros((3 * len(s.vertices), 1)), np.ones(1), triangles=s.faces)
-    with pytest.raises(ValueError, match=r"smoothness 0\.0: give a number > 0 \(FitConfig.warp_basis_smoothness\)"):
+    with pytest.raises(ValueError, match=r"smoothness 0\.0: give a number > 0 \(FitConfig.refine.warp_basis_smoothness\)"):
         smooth_deformation_basis(model, np.asarray(s.vertices), np.ones(len(s.vertices), bool), 30.0, 50.0,
                                  np.random.default_rng(0), smoothness=0.0)

@@ -1,0 +1,1 @@
+"""Finishing a fit: uncertainty, smoothing, the verdict and the result."""

@@ -1,0 +1,1 @@
+"""The model fit: correspondences, the MAP coefficient and pose solves, their schedules."""

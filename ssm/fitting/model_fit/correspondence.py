@@ -15,10 +15,8 @@ the model has none: a point model). The scan's normals are noisy (0.3 mm of scan
 noise at 0.8 mm sampling tilts a mesh's vertex normals by 9 degrees, median) and carry
 the surface's detail, and a residual measured along them leaks a tangential pull of
 that noise into every solve; the model's normals are smooth and agree from one
-iteration to the next. On held-out ICT scans this took the neutral cases from 0.45 /
-0.55 / 0.56 mm to 0.42 / 0.48 / 0.46 mm (68 / 7 / no landmarks) and a subject with fine
-detail outside the model (bumps of 1.5 mm, 4 mm across) from 1.15 to 1.05 mm. Scan
-normals still decide which pairs are compatible (``normal_cos``).
+iteration to the next. Scan normals still decide which pairs are compatible
+(``normal_cos``).
 """
 
 from __future__ import annotations

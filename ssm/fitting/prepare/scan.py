@@ -246,10 +246,7 @@ def _side_consensus(scan: Scan, normals: np.ndarray, k: int = CONSENSUS_NEIGHBOU
 
     The reference vote of :func:`orient_normals` goes wrong in patches where the
     initialised model is off by about a feature's size (lips, nostrils, eyelids); a point
-    whose neighbours mostly face the other way turns, over a few rounds. On the
-    robustness benchmark's clouds without normals this takes the narrow-face error from
-    0.89 to 0.86 mm with 7 landmarks (6 subjects), 0.64 to 0.61 mm with 68 and 0.92 to
-    0.90 mm without landmarks (3).
+    whose neighbours mostly face the other way turns, over a few rounds.
     """
     side = np.ones(len(normals))
     k = min(k, len(normals) - 1)
@@ -272,13 +269,12 @@ def sides_consistent(p: np.ndarray, normals: np.ndarray, valid: np.ndarray, tree
                      k: int = 8, samples: int = 20000) -> bool:
     """Whether a cloud's given normals (P, 3, unit where ``valid``) take consistent sides.
 
-    Normals from a scanner face the sensor, and neighbours agree: of the pairs of
-    neighbour normals within 60 degrees of (anti)parallel, 98.9-99.7 % point the same way
-    on held-out ICT clouds (frontal and three-view, sparse or with noisy normals) and on
-    the real scans' vertex normals. A PCA estimate saved without orientation (Open3D's
-    ``estimate_normals``, PCL without a viewpoint) flips in patches: 77-94 %. Trusting
-    those sides sent a fit without landmarks 120 mm off; below :data:`SIDE_AGREEMENT`
-    the normals are taken as axes and their sides come from the fit.
+    Normals from a scanner face the sensor, and neighbours agree: nearly all pairs of
+    neighbour normals within 60 degrees of (anti)parallel point the same way. A PCA
+    estimate saved without orientation (Open3D's ``estimate_normals``, PCL without a
+    viewpoint) flips in patches, and trusting its sides can send a fit without landmarks
+    far off; below :data:`SIDE_AGREEMENT` the normals are taken as axes and their sides
+    come from the fit.
     """
     idx = np.flatnonzero(valid)
     if len(idx) < 2:

@@ -1,0 +1,2 @@
+"""Refinements for what the model does not span: occlusion, expressions, deformation
+fields, non-rigid ICP; and the final pose."""

@@ -59,7 +59,7 @@ RELEVANCE_SMOOTHING = 10
 RELEVANCE_FLOOR = 0.1
 PROBE_ITERATIONS = 2  # field_rms: joint iterations at the full prior
 # field_rms: the probe's correlation length (mm), which its gate
-# (FitConfig.expression_field_gate_mm) was measured with; the refit's is the config's
+# (FitConfig.refine.expression_field_gate_mm) was set with; the refit's is the config's
 PROBE_LENGTH_MM = 50.0
 FIELD_CACHE_SIZE = 2  # whole-model augmented bases kept on a model (the probe's, the refit's)
 # mirror correlation of the field (fit_with_field): the symmetric share of the first
@@ -178,7 +178,7 @@ def smooth_deformation_basis(model: ShapeModel, vertices: np.ndarray, region: np
     (:func:`heat_kernel_fields`).
     """
     if smoothness is not None and not smoothness > 0:
-        raise ValueError(f"smoothness {smoothness!r}: give a number > 0 (FitConfig.warp_basis_smoothness), "
+        raise ValueError(f"smoothness {smoothness!r}: give a number > 0 (FitConfig.refine.warp_basis_smoothness), "
                          "or None for the heat kernel")
     if not region.any():
         return np.zeros((len(vertices), 0))
@@ -202,7 +202,7 @@ def augmented_model(model: ShapeModel, fields: np.ndarray, amplitude_mm: float, 
     ``identity_sd * coeffs[:K]`` of a fit of the augmented model are the identity's
     (:func:`refit_augmented` converts them). The basis is kept
     in float32, already scaled (variances 1), and shared with :func:`scaled_basis`;
-    instances come from :func:`ssm.fitting.model_fit.basis_instance`.
+    instances come from :func:`ssm.fitting.model_fit.basis.basis_instance`.
 
     With a ``mirror`` (:func:`model_mirror`) and ``mirror_rho`` in (0, 1], the field's
     two sides are correlated by ``mirror_rho``: the fields go along the mirror plane's
