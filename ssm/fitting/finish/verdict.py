@@ -7,17 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ssm.fitting.prepare.scan import scan_explained
+from ssm.fitting.prepare.scan import EXPLAINED_WITHIN_MM, scan_explained
 from ssm.fitting.problem import FitProblem
 from ssm.fitting.state import FitState, residual_stats
 from ssm.units import MM_PER_UNIT
 
-NEAR_MM = 2.5  # a scan point within this of the fitted surface is explained by it
 RESIDUAL_MAX_MM = 3.0  # a converged fit's final median residual is below this
 MIN_MATCHED = 0.05  # ... over at least this share of the model's vertices
-# a converged fit has this share of the scan's points within NEAR_MM of it; or, when the
+# a converged fit has this share of the scan's points within EXPLAINED_WITHIN_MM of it; or, when the
 # head is a small part of the scan (a whole body, a room), this share of the points
-# within EXPLAINED_REACH_MM of it and this share of its vertices within NEAR_MM of the
+# within EXPLAINED_REACH_MM of it and this share of its vertices within EXPLAINED_WITHIN_MM of the
 # scan (a fit shrunk onto a small part of the face covers few)
 EXPLAINED_MIN = 0.3
 EXPLAINED_REACH_MM = 50.0
@@ -30,7 +29,7 @@ UNIT_MATCH = 1.2  # a fitted scale within this factor of a named unit's is named
 @dataclass(frozen=True)
 class Verdict:
     """converged : the fit is right by every rule; message : why not ("" when it is);
-    scan_explained : the share of the scan within :data:`NEAR_MM` of the fit."""
+    scan_explained : the share of the scan within :data:`EXPLAINED_WITHIN_MM` of the fit."""
 
     converged: bool
     message: str
@@ -50,12 +49,12 @@ def verdict(problem: FitProblem, state: FitState, verts_scan: np.ndarray, distan
     near = explained_near = None
     if explained < EXPLAINED_MIN:  # the head may be a small part of the scan (a whole body, a room)
         explained_near = scan_explained(scan, verts_scan, model.triangles, pose.scale, reach_mm=EXPLAINED_REACH_MM)
-        near = explained_near >= EXPLAINED_NEAR_MIN and float(np.mean(distance_mm < NEAR_MM)) >= COVERED_MIN
+        near = explained_near >= EXPLAINED_NEAR_MIN and float(np.mean(distance_mm < EXPLAINED_WITHIN_MM)) >= COVERED_MIN
     converged = bool(np.isfinite(residual) and residual < RESIDUAL_MAX_MM
                      and n_corr >= MIN_MATCHED * model.n_vertices and (explained >= EXPLAINED_MIN or near))
     message = "" if converged else (f"did not converge: median residual {residual:.2f} mm "
                                     f"over {n_corr} correspondences, {explained:.0%} of the scan within "
-                                    f"{NEAR_MM} mm of the fit" + ("" if explained_near is None else
+                                    f"{EXPLAINED_WITHIN_MM} mm of the fit" + ("" if explained_near is None else
                                                                   f" ({explained_near:.0%} of the scan near it)"))
     if converged and len(kept_landmark_errors_mm) >= 3 and np.median(kept_landmark_errors_mm) > LANDMARK_FAIL_MM:
         # the surface fits, but not where the landmarks say: slid or flipped

@@ -13,6 +13,7 @@ from ssm.fitting.state import StageReport, residual_stats
 from ssm.geometry.similarity import Similarity, fit_similarity
 
 ALL_TRIPLES_MAX = 12  # up to this many landmarks every triple is tried (220), beyond it random ones
+CONSENSUS_SPREAD = 2.5  # a refit keeps landmarks within this many median residuals (or the threshold)
 
 
 def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config: InitConfig,
@@ -61,7 +62,7 @@ def landmark_similarity(model_points: np.ndarray, lms: MatchedLandmarks, config:
     sim = solve(np.flatnonzero(inliers))
     for _ in range(2):  # refit on the consensus of the refined transform
         res = residual_mm(sim)
-        new = res < max(config.ransac_threshold_mm, 2.5 * np.median(res[inliers]))
+        new = res < max(config.ransac_threshold_mm, CONSENSUS_SPREAD * np.median(res[inliers]))
         if new.sum() < 3 or np.array_equal(new, inliers):
             break
         inliers = new

@@ -17,6 +17,9 @@ from ssm.geometry.mesh_ops import (boundary_vertices, component_labels, edge_cou
 
 
 MATCH_POINTS = 100_000  # scan points searched from the model side (see Scan.match_tree)
+# a scan point within this of the fitted surface is explained by it (scan_explained): a few
+# times a scanner's noise, well under a feature's size
+EXPLAINED_WITHIN_MM = 2.5
 
 
 def scan_tree(points: np.ndarray) -> cKDTree:
@@ -430,7 +433,7 @@ def load_scan(path: str | os.PathLike, clean: bool = True) -> Scan:
 
 
 def scan_explained(scan: Scan, verts_scan: np.ndarray, triangles: np.ndarray | None, scale: float,
-                   samples: int = 5000, within_mm: float = 2.5, reach_mm: float | None = None) -> float:
+                   samples: int = 5000, within_mm: float = EXPLAINED_WITHIN_MM, reach_mm: float | None = None) -> float:
     """Fraction of (non-stray) scan points within ``within_mm`` of the fitted surface.
 
     verts_scan : (N, 3) fitted vertices in the scan frame; triangles : (M, 3) or None
