@@ -216,7 +216,8 @@ def init_pose(model, case):
     from ssm.io.landmarks import LandmarkPoints
 
     lms = match_landmarks(dict(model.landmarks), LandmarkPoints(case.landmarks))
-    sim, inl, _ = landmark_similarity(model.mean[lms.vertex], lms, FitConfig().init, RandomStreams().rng("landmark_init"))
+    sim, inl, _ = landmark_similarity(model.mean[lms.vertex], lms, FitConfig().init,
+                                      RandomStreams().rng("landmark_init"))
     return sim, lms, inl
 
 

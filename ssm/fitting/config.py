@@ -35,7 +35,8 @@ def _non_negative(v) -> str:
 
 def _count(minimum: int) -> Callable[[object], str]:
     def rule(v) -> str:
-        return "" if isinstance(v, int) and not isinstance(v, bool) and v >= minimum else f"must be an integer >= {minimum}"
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+        return "" if ok else f"must be an integer >= {minimum}"
     return rule
 
 

@@ -14,10 +14,10 @@ from ssm.units import MM_PER_UNIT
 
 RESIDUAL_MAX_MM = 3.0  # a converged fit's final median residual is below this
 MIN_MATCHED = 0.05  # ... over at least this share of the model's vertices
-# a converged fit has this share of the scan's points within EXPLAINED_WITHIN_MM of it; or, when the
-# head is a small part of the scan (a whole body, a room), this share of the points
-# within EXPLAINED_REACH_MM of it and this share of its vertices within EXPLAINED_WITHIN_MM of the
-# scan (a fit shrunk onto a small part of the face covers few)
+# a converged fit has this share of the scan's points within EXPLAINED_WITHIN_MM of it;
+# or, when the head is a small part of the scan (a whole body, a room), this share of the
+# points within EXPLAINED_REACH_MM of it and this share of its vertices within
+# EXPLAINED_WITHIN_MM of the scan (a fit shrunk onto a small part of the face covers few)
 EXPLAINED_MIN = 0.3
 EXPLAINED_REACH_MM = 50.0
 EXPLAINED_NEAR_MIN = 0.6
@@ -49,7 +49,8 @@ def verdict(problem: FitProblem, state: FitState, verts_scan: np.ndarray, distan
     near = explained_near = None
     if explained < EXPLAINED_MIN:  # the head may be a small part of the scan (a whole body, a room)
         explained_near = scan_explained(scan, verts_scan, model.triangles, pose.scale, reach_mm=EXPLAINED_REACH_MM)
-        near = explained_near >= EXPLAINED_NEAR_MIN and float(np.mean(distance_mm < EXPLAINED_WITHIN_MM)) >= COVERED_MIN
+        covered = float(np.mean(distance_mm < EXPLAINED_WITHIN_MM))
+        near = explained_near >= EXPLAINED_NEAR_MIN and covered >= COVERED_MIN
     converged = bool(np.isfinite(residual) and residual < RESIDUAL_MAX_MM
                      and n_corr >= MIN_MATCHED * model.n_vertices and (explained >= EXPLAINED_MIN or near))
     message = "" if converged else (f"did not converge: median residual {residual:.2f} mm "
