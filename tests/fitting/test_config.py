@@ -17,8 +17,9 @@ def test_replace_changes_a_setting_in_its_group_and_keeps_the_rest():
     assert cfg.refine.nicp is False and cfg.model_fit.normal_cos == 0.5 and cfg.seed == 3
     assert cfg.refine.occlusion is True and cfg.init == FitConfig().init
     assert FitConfig().refine.nicp is True  # the original is untouched (frozen)
-    assert cfg.settings()["nicp"] is False and len(cfg.settings()) == sum(
-        len(dataclasses.fields(getattr(cfg, g))) for g in ("init", "model_fit", "refine", "uncertainty", "smoothing")) + 1
+    groups = ("init", "model_fit", "refine", "uncertainty", "smoothing")
+    assert cfg.settings()["nicp"] is False
+    assert len(cfg.settings()) == sum(len(dataclasses.fields(getattr(cfg, g))) for g in groups) + 1
 
 
 @pytest.mark.parametrize("setting,value,words", [
