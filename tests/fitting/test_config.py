@@ -77,3 +77,7 @@ def test_random_streams_are_named_and_fresh_each_time():
     assert set(STREAMS) >= {"model_fit", "nicp", "pose_refine", "occlusion", "search"}
     with pytest.raises(KeyError):
         streams.rng("no such stream")
+
+
+def test_no_two_stages_share_a_random_stream():
+    assert len(set(STREAMS.values())) == len(STREAMS)
