@@ -60,7 +60,7 @@ def ibug_points(path: Path) -> dict[int, np.ndarray]:
     return {i: np.array([float(v) for v in r[:3]]) for i, r in zip(GIVEN7, rows)}  # humface's 7, named in its header
 
 
-def fit_row(model, name: str, given: bool, narrow_face: int) -> dict:
+def fit_row(model, name: str, given: bool, narrow_face: int, expression=None) -> dict:
     """One fit of one real scan with its landmarks given (a few) or none."""
     from ssm.fitting.prepare.scan import load_scan
     from ssm import fit
@@ -76,7 +76,7 @@ def fit_row(model, name: str, given: bool, narrow_face: int) -> dict:
             lms[order[f"ibug{i:02d}"]] = annotated[i]
     scan = load_scan(SHARED / scan_rel)
     t = time.perf_counter()
-    res = fit(model, scan, landmarks=lms, units=units)
+    res = fit(model, scan, landmarks=lms, units=units, expression_model=expression)
     seconds = time.perf_counter() - t
     mm = MM_PER.get(units, 1.0 / res.pose.scale)
     held = [i for i in SCORED if i in annotated and i not in give]
@@ -91,16 +91,19 @@ def fit_row(model, name: str, given: bool, narrow_face: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="the 300-subject ICT model (trained and written here when absent)")
+    ap.add_argument("--model", type=Path, help="a model file (its expression model too, if it has one); "
+                                               "without it, the 300-subject ICT model (written here when absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_scans.json")
     args = ap.parse_args()
     ict = load_ict_or_skip()
     if ict is None:
         return
-    from ssm.io.model_file import load_model, save_model
+    from ssm.io.model_file import load_expression_model, load_model, save_model
 
+    expression = None
     if args.model is not None and args.model.exists():
         model = load_model(args.model)
+        expression = load_expression_model(args.model)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model = train_model(ict, Path(tmp))
@@ -114,7 +117,7 @@ def main() -> None:
         for given in (True, False):
             if given and not SCANS[name][3]:
                 continue
-            rows.append(fit_row(model, name, given, ict.narrow_face))
+            rows.append(fit_row(model, name, given, ict.narrow_face, expression))
             r = rows[-1]
             held = "-" if r["held_back_error_mm"] is None else f"{r['held_back_error_mm']:.2f}"
             print(f"{name:<26} given {r['given']:>2}  held-back lm {held:>6} mm ({r['held_back']:>2})  "

@@ -82,13 +82,16 @@ def corpus_info(corpus: Path = typer.Argument(..., help="Corpus file."),
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help="Model file (.h5): ours, statismo / scalismo, or Basel-style."),
+def info(model: Optional[Path] = typer.Argument(None, help="Model file (.h5): ours, statismo / scalismo, or "
+                                                           "Basel-style; the default model when left out."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Summarise a model file: vertices, components, variance, units, landmarks, UVs, expressions."""
-    from ssm.io.model_file import load_expression_model, load_model
+    from ssm.io.model_file import default_model_path, load_blendshapes, load_expression_model, load_model
 
+    model = default_model_path() if model is None else model
     m = load_model(model)
     e = load_expression_model(model)
+    shapes = load_blendshapes(model)
     var = np.asarray(m.variances, np.float64)
     total = float(var.sum())
     summary = {
@@ -100,6 +103,8 @@ def info(model: Path = typer.Argument(..., help="Model file (.h5): ours, statism
         "all_components_rms": float(np.sqrt(total / m.n_vertices)), "noise_variance": float(m.noise_variance),
         "landmarks": dict(m.landmarks), "regions": {k: int(len(v)) for k, v in m.regions.items()},
         "uv": m.uv is not None, "expression_components": None if e is None else e.n_components,
+        "blendshapes": None if shapes is None else list(shapes.names),
+        "precomputed": sorted(m.precomputed),
         "provenance": dict(m.provenance),
     }
     if as_json:
@@ -119,11 +124,19 @@ def info(model: Path = typer.Argument(..., help="Model file (.h5): ours, statism
     if m.regions:
         con.print(f"  regions     {', '.join(f'{k} ({n})' for k, n in summary['regions'].items())}")
     con.print(f"  UV layout   {'yes' if m.uv is not None else 'no'}")
-    if e is not None:
+    if shapes is not None:
+        con.print(f"  blendshapes {len(shapes.names)} named ({', '.join(shapes.names[:6])} ...; weights "
+                  f"{shapes.value_range[0]:g} to {shapes.value_range[1]:g}; 'ssm fit' fits them and reports "
+                  f"their weights)")
+    elif e is not None:
         con.print(f"  expressions {e.n_components} components (Basel-style /expression; 'ssm fit' uses them)")
+    if m.precomputed:
+        con.print(f"  precomputed {', '.join(sorted({k.split('_')[0] for k in m.precomputed}))} (no first-use cost)")
     source = m.provenance.get("builder") or m.provenance.get("method") or m.provenance.get("source_file")
     if source:
         con.print(f"  built by    {source}")
+    if m.provenance.get("source"):
+        con.print(f"  source      {m.provenance['source']}")
 
 
 @app.command()
@@ -244,10 +257,30 @@ def _write_evaluation(ev, out: Path) -> None:
     ev.plot(out / "evaluation.png")
 
 
+MODEL_SUFFIXES = (".h5", ".hdf5", ".hdf")
+EXIT_ERROR = 2  # bad input: a file, an option, or a scan that could not be fitted
+EXIT_NOT_CONVERGED = 3  # every scan fitted and written, but at least one fit is wrong (fit.json says why)
+
+
+def _model_and_scans(paths: list[Path]) -> tuple[Path, list[Path]]:
+    """(the model file, the scans) of ``ssm fit``'s arguments: a first argument that is an
+    HDF5 file names the model; otherwise the default model fits them all."""
+    from ssm.io.model_file import default_model_path
+
+    if paths and paths[0].suffix.lower() in MODEL_SUFFIXES:
+        model, scans = paths[0], list(paths[1:])
+    else:
+        model, scans = default_model_path(), list(paths)
+    if not scans:
+        raise SSMError(f"no scan to fit after the model {model} (ssm fit [MODEL.h5] SCAN... --out DIR)")
+    return model, scans
+
+
 @app.command()
 def fit(
-    model: Path = typer.Argument(..., help="Model file (.h5)."),
-    scans: List[Path] = typer.Argument(..., help="Raw scans: meshes (PLY/OBJ/STL/OFF/GLB) or point clouds (XYZ/PTS/PCD)."),
+    paths: List[Path] = typer.Argument(..., metavar="[MODEL.h5] SCAN...",
+                                       help="A model file (.h5; without one, the default ICT head model), then "
+                                            "raw scans: meshes (PLY/OBJ/STL/OFF/GLB) or point clouds (XYZ/PTS/PCD)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per scan when several)."),
     landmarks: Optional[str] = typer.Option(None, help="Landmark file (CSV/LJSON/scalismo JSON); with several "
                                                        "scans use {stem}, e.g. 'lm/{stem}.csv'."),
@@ -255,9 +288,10 @@ def fit(
     model_landmarks: Optional[Path] = typer.Option(None, help="The model's landmarks, for a model file without "
                                                               "them (statismo / scalismo): name,vertex CSV rows "
                                                               "or named points on its mean (model frame)."),
-    expression_model: str = typer.Option("auto", help="When the model file also has a Basel-style expression "
-                                                      "model (/expression): auto (fit the expression when a "
-                                                      "quick probe finds the face is not neutral) | on | off."),
+    expression_model: str = typer.Option("auto", help="When the model file has named blendshapes or a "
+                                                      "Basel-style expression model (/expression): auto (fit "
+                                                      "the expression when a quick probe finds the face is not "
+                                                      "neutral) | on | off."),
     units: str = typer.Option("auto", help="Scan units: auto | mm | cm | m | in."),
     device: str = typer.Option("auto", help="auto | cpu | cuda: where the closest-point searches and the "
                                             "smoothing run (auto: a CUDA GPU when torch sees one)."),
@@ -292,7 +326,7 @@ def fit(
     A model with a UV layout: fit.obj, fit_model_frame.obj; a scan with colours: fit_texture.png.
 
     With geometry maps, also fused.ply / fused.json."""
-    from ssm.cli.fit_batch import FitOptions, ScanJob, fit_scans, load_fit_model
+    from ssm.cli.fit_batch import COLUMNS, FitOptions, ScanJob, fit_scans, load_fit_model
     from ssm.cli.progress import progress_bars
     from ssm.device import device_name
     from ssm.fitting.config import FitConfig
@@ -306,6 +340,7 @@ def fit(
         raise SSMError(f"--jobs must be 1 or more, got {jobs}")
     if not 0 <= texture <= 8192:
         raise SSMError(f"--texture must be 0 (none) to 8192 rows, got {texture}")
+    model, scans = _model_and_scans(paths)
     device = device_name(device)  # a device that cannot be had fails once, before any scan
     m, expression = load_fit_model(model, model_landmarks, expression_model)
     cfg = FitConfig.preset(preset)
@@ -338,18 +373,20 @@ def fit(
     with progress_bars() as bar:
         outcomes = fit_scans(m, todo, opts, jobs, bar, report, verbose, expression)
     rows = [o.row for o in outcomes]
-    failed = sum(o.failed for o in outcomes)
 
     from rich.table import Table
 
     table = Table(title=f"Fits with {model.name}")
-    for col in ("scan", "status", "scan within 2.5 mm", "seconds", "output"):
-        table.add_column(col)
+    for col in COLUMNS:
+        table.add_column(col, no_wrap=col in ("status", "face to scan", "landmarks"), overflow="fold")
     for r in rows:
         table.add_row(*r)
     con.print(table)
-    if failed:
-        raise typer.Exit(3)
+    statuses = {o.status for o in outcomes}
+    if "error" in statuses:
+        raise typer.Exit(EXIT_ERROR)
+    if "not converged" in statuses:
+        raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
 @app.command()
@@ -430,7 +467,7 @@ def main() -> None:
         app()
     except SSMError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ssm.errors import SSMError
 from ssm.fitting.config import FitConfig
 
@@ -64,28 +66,39 @@ class ScanJob:
 
 @dataclass(frozen=True)
 class ScanOutcome:
-    """row : (scan, status, share of the scan within 2.5 mm of the fit, seconds, output or
-    error) for the table;
+    """row : (scan, status, the face's median distance to the scan, share of the scan
+    within 2.5 mm of the fit, the given landmarks' median distance to the fit, seconds,
+    output or error) for the table (:data:`COLUMNS`); status: see :attr:`status`;
     failed : counts towards the exit code; note : a line for the console (a fit that did
     not converge); error : a line for stderr (without the leading ``error: ``)."""
 
-    row: tuple[str, str, str, str, str]
+    row: tuple[str, ...]
     failed: bool
     note: str | None = None
     error: str | None = None
 
+    @property
+    def status(self) -> str:
+        """"ok", "not converged" (fitted and written, but wrong) or "error" (not fitted)."""
+        return "error" if self.error else ("not converged" if self.failed else "ok")
 
-def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutcome:
-    """Fit one scan and write its outputs (and the fused geometry maps, if any)."""
+
+def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None,
+             stage: Callable[[str], None] | None = None) -> ScanOutcome:
+    """Fit one scan and write its outputs (and the fused geometry maps, if any);
+    ``stage`` sees the name of each step as it starts (a terminal's progress line)."""
     from ssm.fitting.outputs.write import write_fit
     from ssm.fitting.fit import fit
     from ssm.fitting.prepare.scan import load_scan
 
     name = job.scan.name
     try:
+        say = stage or (lambda name: None)
+        say("reading the scan")
         sc = load_scan(job.scan)
         res = fit(model, sc, landmarks=job.landmarks, pose=opts.pose, units=opts.units, device=opts.device,
-                  config=opts.config, expression_model=expression)
+                  config=opts.config, expression_model=expression, progress=say)
+        say("writing the outputs")
         info = {"scan": str(job.scan), "model": str(opts.model_path), "landmarks": job.landmarks}
         if expression is not None:
             info["expression_model"] = {"components": expression.n_components, "mode": opts.expression_model}
@@ -93,18 +106,36 @@ def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None) -> ScanOutc
         write_fit(res, job.dest, sc, info, uv_layout, opts.texture_size)
         if opts.maps or opts.displacement_maps or opts.normal_map or opts.depth_maps:
             _fuse_maps(model, res, job, opts)
-        explained = "-" if res.scan_explained is None else f"{res.scan_explained:.0%}"
-        row = (name, "ok" if res.converged else "NOT CONVERGED", explained, f"{res.seconds:.2f}", str(job.dest))
+        row = (name, "converged" if res.converged else "NOT CONVERGED", *_numbers(res), f"{res.seconds:.2f}",
+               str(job.dest))
         if res.converged:
             return ScanOutcome(row, False)
         return ScanOutcome(row, True, note=f"{job.scan}: {res.message} (written to {job.dest}, flagged in fit.json)")
     except SSMError as exc:
-        return ScanOutcome((name, "error", "-", "-", str(exc)), True, error=str(exc))
+        return ScanOutcome(_error_row(name, str(exc)), True, error=str(exc))
     except Exception as exc:  # a bug or a scan nobody foresaw must not stop the others
         what = f"unexpected {type(exc).__name__}: {exc}"
         log.info("where it happened", exc_info=True)
-        return ScanOutcome((name, "error", "-", "-", what), True,
+        return ScanOutcome(_error_row(name, what), True,
                            error=f"{job.scan}: {what} (a bug: please report it with the output of --verbose)")
+
+
+# the table's columns: the face's median distance to the scan, the share of the scan within
+# 2.5 mm of the fit, the landmarks' median distance to the fit (how many), seconds, where
+COLUMNS = ("scan", "status", "face to scan", "scan explained", "landmarks", "seconds", "output")
+
+
+def _numbers(res) -> tuple[str, str, str]:
+    """The table's face distance, share of the scan explained and landmark error of a fit."""
+    face = "-" if res.face_vertices is None else f"{np.nanmedian(res.distance_mm[res.face_vertices]):.2f} mm"
+    explained = "-" if res.scan_explained is None else f"{res.scan_explained:.0%}"
+    kept = [e for n, e in res.landmark_errors_mm.items() if n not in res.rejected_landmarks]
+    landmarks = f"{np.median(kept):.2f} mm ({len(kept)})" if kept else "-"
+    return face, explained, landmarks
+
+
+def _error_row(name: str, what: str) -> tuple[str, ...]:
+    return (name, "error", "-", "-", "-", "-", what)
 
 
 def _fuse_maps(model, res, job: ScanJob, opts: FitOptions) -> None:
@@ -156,7 +187,12 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
         out = []
         for i, job in enumerate(jobs):
             progress("Fitting scans", i, total)
-            out.append(fit_scan(model, job, opts, expression))
+            steps = iter(range(1, 1000))
+
+            def stage(name: str, scan=job.scan.name) -> None:
+                progress("Stage", next(steps), None, f"{scan}: {name}")
+
+            out.append(fit_scan(model, job, opts, expression, stage))
             report(out[-1])
         progress("Fitting scans", total, total)
         return out
@@ -178,7 +214,7 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
             except BrokenProcessPool:
                 msg = (f"{jobs[i].scan}: the worker process fitting it died (out of memory?); "
                        "fit it again with fewer --jobs")
-                results[i] = ScanOutcome((jobs[i].scan.name, "error", "-", "-", "worker died"), True, error=msg)
+                results[i] = ScanOutcome(_error_row(jobs[i].scan.name, "worker died"), True, error=msg)
             report(results[i])
             progress("Fitting scans", done, total)
     return results

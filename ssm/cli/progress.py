@@ -6,14 +6,14 @@ import contextlib
 import sys
 from typing import Callable, Iterator
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[..., None]  # (task, done, total, label=None); total None: not known
 
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[Progress]:
     """Yield a callback that shows one bar per task name (on stderr, only on a terminal)."""
     if not enabled or not sys.stderr.isatty():
-        yield lambda task, done, total: None
+        yield lambda task, done, total, label=None: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
         TimeElapsedColumn
@@ -22,8 +22,9 @@ def progress_bars(enabled: bool = True) -> Iterator[Progress]:
                         transient=True)
     tasks: dict[str, int] = {}
     with bars:
-        def update(task: str, done: int, total: int) -> None:
+        def update(task: str, done: int, total: int | None, label: str | None = None) -> None:
             if task not in tasks:
                 tasks[task] = bars.add_task(task, total=total)
-            bars.update(tasks[task], completed=done, total=total)
+            bars.update(tasks[task], completed=done, total=total,
+                        description=task if label is None else f"{task}: {label}")
         yield update

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable
 
@@ -13,6 +14,7 @@ from ssm.fitting.finish.uncertainty import uncertainty
 from ssm.fitting.initialise.start import initialise, rigid_refine
 from ssm.fitting.model_fit.stage import model_fit_stage
 from ssm.fitting.outputs.result import FitResult
+from ssm.fitting.prepare.model import resolve_model
 from ssm.fitting.problem import FitProblem, fit_problem
 from ssm.fitting.refine.expression_field import expression_field_stage
 from ssm.fitting.refine.expression_model import expression_model_stage
@@ -28,16 +30,20 @@ log = logging.getLogger(__name__)
 Stage = Callable[[FitProblem, FitState], StageResult]
 
 
-def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto", device: str = "auto",
-        config: FitConfig | None = None, expression_model: ShapeModel | None = None,
+def fit(model: ShapeModel | str | os.PathLike | None = None, scan=None, landmarks=None, pose=None,
+        units: str = "auto", device: str = "auto", config: FitConfig | None = None,
+        expression_model: ShapeModel | str | None = "auto",
         progress: Callable[[str], None] | None = None) -> FitResult:
-    """Fit ``model`` to a raw scan: the model's topology on it.
+    """Fit a model to a raw scan: the model's topology on it. ``ssm.fit("scan.ply")``
+    fits the default model (the ICT head that ships in ``models/``).
 
-    model : a ShapeModel, normally in mm; a model in other units (declared, or seen from
-        the size of its mean) is fitted scaled to mm, and the result is in mm
-        (``FitResult.model_mm_per_unit`` says by how much it was scaled).
+    model : a ShapeModel, a model file's path, or None for the default model; normally
+        in mm; a model in other units (declared, or seen from the size of its mean) is
+        fitted scaled to mm, and the result is in mm (``FitResult.model_mm_per_unit``
+        says by how much it was scaled).
     scan : path (mesh or point cloud), :class:`~ssm.fitting.prepare.scan.Scan`,
-        (vertices, faces) tuple or (P, 3) array.
+        (vertices, faces) tuple or (P, 3) array; given alone (``fit(scan)``), the
+        default model fits it.
     landmarks : path (CSV / LJSON / scalismo JSON), LandmarkPoints, or (L, 3) array in the
         model's landmark order (NaN rows missing); scan frame and units.
     pose : initial model -> scan transform (model units), (4, 4) array or path of a text file.
@@ -47,11 +53,18 @@ def fit(model: ShapeModel, scan, landmarks=None, pose=None, units: str = "auto",
     config : the settings (:class:`~ssm.fitting.config.FitConfig`); the defaults when None.
     expression_model : an expression basis of the model's mesh
         (:func:`ssm.io.model_file.load_expression_model`), fitted with the identity when a
-        probe finds the face is not neutral, in place of the generic refinements.
+        probe finds the face is not neutral, in place of the generic refinements; "auto"
+        (a model file's own: its named blendshapes or Basel-style expression model), or
+        None / "off" for none.
     progress : called with each stage's name as it starts (a terminal's progress line).
     Returns a :class:`FitResult`; raises :class:`ssm.errors.SSMError` for unusable input.
     """
     t_start = time.perf_counter()
+    if scan is None and not isinstance(model, ShapeModel):
+        model, scan = None, model  # fit(scan): the default model
+    if scan is None:
+        raise TypeError("fit() needs a scan: fit(scan) or fit(model, scan)")
+    model, expression_model = resolve_model(model, expression_model)
     problem = fit_problem(model, scan, landmarks, pose, units, device, config, expression_model)
     refine = problem.config.refine
     reports: list[StageReport] = []

@@ -36,9 +36,13 @@ import numpy as np
 
 from ssm.errors import InputFileError
 from ssm.io.atomic import atomic_write
+from ssm.models.blendshapes import Blendshapes
 from ssm.models.shape_model import ShapeModel
 
 FORMAT_VERSION = 1
+DEFAULT_MODEL_ENV = "SSM_MODEL"  # a model file to use where none is named
+# the default model ships in the repository's models/ folder (models/build_ict_head.py)
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "ict_head.h5"
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -48,7 +52,12 @@ def _fixed_str_array(s: str) -> np.ndarray:
     return np.array([b], dtype=f"S{max(len(b), 1) + 1}")
 
 
-def save_model(model: ShapeModel, path: str | os.PathLike, expression: ShapeModel | None = None) -> Path:
+# large arrays are stored deflated (HDF5's built-in filter, which scalismo and statismo read)
+_PACKED = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+def save_model(model: ShapeModel, path: str | os.PathLike, expression: ShapeModel | None = None,
+               blendshapes: Blendshapes | None = None) -> Path:
     """Write ``model`` to ``path`` (HDF5, statismo layout + ``/ssm``), atomically.
 
     The statismo datasets are float32 so scalismo and statismo read them; a float64
@@ -58,16 +67,22 @@ def save_model(model: ShapeModel, path: str | os.PathLike, expression: ShapeMode
     expression : an expression model of the same mesh (its ``mean`` the offsets from
         ``model``'s), written as a Basel-style ``/expression`` group that
         :func:`load_expression_model` reads and ``ssm fit`` uses (float32).
+    blendshapes : named expression shapes of the same mesh, written under
+        ``/ssm/blendshapes`` (:func:`load_blendshapes`); ``ssm fit`` uses them as the
+        expression basis and reports their weights by name.
+    The model's ``precomputed`` arrays go under ``/ssm/precomputed``.
     """
     if expression is not None and expression.n_vertices != model.n_vertices:
         raise ValueError(f"the expression model has {expression.n_vertices} vertices, the model {model.n_vertices}")
+    if blendshapes is not None and blendshapes.n_vertices != model.n_vertices:
+        raise ValueError(f"the blendshapes have {blendshapes.n_vertices} vertices, the model {model.n_vertices}")
     path = Path(path)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
             g = f.create_group("model")
             g["mean"] = model.mean.reshape(-1).astype(np.float32)
-            g["pcaBasis"] = model.basis.astype(np.float32)
+            g.create_dataset("pcaBasis", data=model.basis.astype(np.float32), **_PACKED)
             g["pcaVariance"] = model.variances.astype(np.float32)
             g["noiseVariance"] = np.array([model.noise_variance], dtype=np.float32)
 
@@ -111,6 +126,14 @@ def save_model(model: ShapeModel, path: str | os.PathLike, expression: ShapeMode
             if model.uv is not None:
                 s["uv/coordinates"] = model.uv
                 s["uv/triangle_indices"] = model.triangle_uvs
+            for name, value in model.precomputed.items():
+                value = np.asarray(value)
+                s.create_dataset(f"precomputed/{name}", data=value, **(_PACKED if value.ndim else {}))
+            if blendshapes is not None:
+                bs = s.create_group("blendshapes")
+                bs.create_dataset("names", data=list(blendshapes.names), dtype=_STR)
+                bs.create_dataset("deltas", data=np.asarray(blendshapes.deltas, np.float32), **_PACKED)
+                bs.attrs["value_range"] = np.asarray(blendshapes.value_range, np.float64)
             if model.basis.dtype == np.float64 or model.mean.dtype == np.float64:
                 e = s.create_group("exact")
                 e["mean"] = model.mean.astype(np.float64)
@@ -225,6 +248,8 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
             regions = {k: np.asarray(v[()]) for k, v in s["regions"].items()}
         if "uv" in s:
             uv_kw = {"uv": s["uv/coordinates"][()], "triangle_uvs": s["uv/triangle_indices"][()]}
+        if "precomputed" in s:
+            uv_kw["precomputed"] = {k: np.asarray(v[()]) for k, v in s["precomputed"].items()}
         if "exact" in s:
             e = s["exact"]
             return ShapeModel(mean=e["mean"][()], basis=e["basis"][()], variances=e["variances"][()],
@@ -252,6 +277,25 @@ def _read(f: h5py.File, base: str, path: Path) -> ShapeModel:
                       landmarks=landmarks, regions=regions, units=units, provenance=provenance, **uv_kw)
 
 
+def load_blendshapes(path: str | os.PathLike) -> Blendshapes | None:
+    """The named expression shapes of a model file (``/ssm/blendshapes``), or None."""
+    path = Path(path)
+    with _open_model_file(path) as f:
+        if "ssm/blendshapes" not in f:
+            return None
+        g = f["ssm/blendshapes"]
+        try:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in g["names"][()])
+            lo, hi = (float(v) for v in np.asarray(g.attrs.get("value_range", (0.0, 1.0))).reshape(2))
+            return Blendshapes(names, np.asarray(g["deltas"][()], np.float32), (lo, hi))
+        except KeyError as exc:
+            raise InputFileError(path, f"the blendshapes are missing {_missing(exc)}",
+                                 "re-save the model, or fit with --expression-model off") from None
+        except ValueError as exc:
+            raise InputFileError(path, f"unusable blendshapes ({exc})",
+                                 "re-save the model, or fit with --expression-model off") from None
+
+
 def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     """The expression model of a Basel-style file (``/expression`` beside ``/shape``, as
     the Basel Face Model 2017 / 2019 lay them out: a face is ``shape mean + expression
@@ -263,8 +307,18 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     mean, gives its difference from the shape mean), with the expression basis and
     variances (orthonormalised like any statismo basis) and the shape's triangles.
     Raises InputFileError when its vertex count differs from the shape model's.
+    A file with named blendshapes (:func:`load_blendshapes`) gives them as the basis
+    instead (:meth:`ssm.models.blendshapes.Blendshapes.expression_model`), each shape
+    its own named direction.
     """
     path = Path(path)
+    shapes = load_blendshapes(path)
+    if shapes is not None:
+        model = load_model(path)
+        if shapes.n_vertices != model.n_vertices:
+            raise InputFileError(path, f"the blendshapes have {shapes.n_vertices} vertices but the model "
+                                       f"{model.n_vertices}", "fit with the shape model alone (--expression-model off)")
+        return shapes.expression_model(model)
     with _open_model_file(path) as f:
         try:
             root = _find_model_root(f, None)
@@ -342,3 +396,16 @@ def _basel_landmarks(f: h5py.File, mean: np.ndarray) -> dict[str, int]:
         return out
     except (ValueError, KeyError, TypeError):
         return {}
+
+
+def default_model_path() -> Path:
+    """The model used where none is named: ``$SSM_MODEL``, else the ICT head model that
+    ships in the repository (``models/ict_head.h5``). Raises InputFileError when it is
+    not there (an installation without the repository's models folder)."""
+    env = os.environ.get(DEFAULT_MODEL_ENV)
+    path = Path(env).expanduser() if env else DEFAULT_MODEL
+    if not path.is_file():
+        raise InputFileError(path, "the default model is not there",
+                             "name a model file (ssm fit MODEL.h5 SCAN ...), set SSM_MODEL, or build it with "
+                             "python models/build_ict_head.py")
+    return path

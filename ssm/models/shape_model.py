@@ -47,6 +47,9 @@ class ShapeModel:
     uv : (T, 2) texture coordinates (u right, v up) or None.
     triangle_uvs : (M, 3) per-corner indices into ``uv`` (seams split corners, not
         vertices) or None.
+    precomputed : name -> array computed from the model once and shipped with it, for the
+        tools that would otherwise compute it on first use (the manifold harmonics of its
+        mesh; each tool checks the arrays were computed from this mean and mesh).
     """
 
     mean: np.ndarray
@@ -60,6 +63,7 @@ class ShapeModel:
     provenance: Mapping[str, object] = field(default_factory=dict)
     uv: np.ndarray | None = None
     triangle_uvs: np.ndarray | None = None
+    precomputed: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean)

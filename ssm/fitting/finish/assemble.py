@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssm.fitting.finish.verdict import units_name, verdict
+from ssm.fitting.finish.verdict import face_vertices, units_name, verdict
 from ssm.fitting.outputs.colors import COLOR_DISTANCE_MM, vertex_colors
 from ssm.fitting.outputs.result import FitResult
 from ssm.fitting.prepare.scan import Scan
 from ssm.fitting.problem import FitProblem
 from ssm.fitting.state import FitState, StageReport
+from ssm.models.blendshapes import named_weights
 
 
 def fit_result(problem: FitProblem, state: FitState, reports: list[StageReport]) -> FitResult:
@@ -36,7 +37,11 @@ def fit_result(problem: FitProblem, state: FitState, reports: list[StageReport])
         stddev_mm=state.stddev, occluded=state.occluded, expression_coefficients=state.expression_coeffs,
         neutral_model=neutral, landmark_vertices=dict(model.landmarks),
         vertex_colors=vertex_colors(verts_scan, state.scan, model.triangles, COLOR_DISTANCE_MM * pose.scale),
-        model_mm_per_unit=problem.model_mm_per_unit, scan_explained=judged.scan_explained)
+        model_mm_per_unit=problem.model_mm_per_unit, scan_explained=judged.scan_explained, evidence=judged.evidence,
+        given_landmarks={} if lms is None else {n: p for n, p in zip(lms.names, lms.points)},
+        face_vertices=face_vertices(model),
+        expression_weights=None if state.expression_coeffs is None
+        else named_weights(problem.expression_model, state.expression_coeffs))
 
 
 def distance_to_scan(points: np.ndarray, scan: Scan) -> np.ndarray:

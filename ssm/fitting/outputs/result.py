@@ -46,6 +46,15 @@ class FitResult:
     model_mm_per_unit : 1 for a model in mm; for a model in other units, the factor it
         was scaled to mm by for the fit (:mod:`ssm.models.model_units`): every "model
         frame" array above and the pose are then in mm, not in the model's units.
+    given_landmarks : the landmarks given to the fit, name -> (3,) scan frame and units.
+    face_vertices : (F,) the model's face (its face region, or the vertices near its
+        landmarks), or None.
+    evidence : what the verdict read (:mod:`ssm.fitting.finish.verdict`): the face's
+        share on the scan, its normals' agreement, the coefficients' mean square, the free
+        scale against the units given, ...
+    expression_weights : blendshape name -> weight in the shapes' range (0 to 1 for
+        ARKit's), when the expression basis was the model's named blendshapes and an
+        expression was fitted; else None.
     scan_explained : share of the scan's points (a sample of up to 5,000, stray points
         left out) within 2.5 mm of the fitted surface, or None when not measured: how
         well the fit covers what was scanned (``distance_mm`` is large on the parts of
@@ -74,6 +83,10 @@ class FitResult:
     vertex_colors: np.ndarray | None = None
     model_mm_per_unit: float = 1.0
     scan_explained: float | None = None
+    expression_weights: Mapping[str, float] | None = None
+    evidence: Mapping[str, float] = field(default_factory=dict)
+    given_landmarks: Mapping[str, np.ndarray] = field(default_factory=dict)
+    face_vertices: np.ndarray | None = None
 
     @property
     def vertex_attributes(self) -> dict:
@@ -115,6 +128,9 @@ class FitResult:
             "mahalanobis": float(np.linalg.norm(self.coefficients)),
             "expression_coefficients": None if self.expression_coefficients is None
             else [float(c) for c in self.expression_coefficients],
+            "expression_weights": None if self.expression_weights is None else dict(self.expression_weights),
+            "face_distance_to_scan_mm": None if self.face_vertices is None
+            else float(np.nanmedian(self.distance_mm[self.face_vertices])),
             "distance_to_scan_mm": {
                 "mean": float(finite.mean()) if finite.size else None,
                 "median": float(np.median(finite)) if finite.size else None,
@@ -122,6 +138,7 @@ class FitResult:
                 "within_1mm": float((finite < 1.0).mean()) if finite.size else None,
             },
             "scan_within_2.5mm": self.scan_explained,
+            "verdict_evidence": {k: float(v) for k, v in self.evidence.items()},
             "stddev_mm": None if self.stddev_mm is None else {
                 "median": float(np.nanmedian(self.stddev_mm)),
                 "median_where_seen": float(np.nanmedian(self.stddev_mm[d < 1.0])) if (d < 1.0).any() else None,

@@ -96,18 +96,54 @@ def model_harmonics(model: ShapeModel, length_mm: float) -> Harmonics:
         cache = {}
         object.__setattr__(model, "_harmonics", cache)
     if length_mm not in cache:
-        t = 0.5 * length_mm ** 2  # heat time whose kernel is exp(-d^2 / (2 length^2)) on a plane
         mean = np.asarray(model.mean, np.float64).reshape(-1, 3)
-        bound = float(np.log(1.0 / EIGEN_TOL) / t)
+        bound = harmonics_bound(length_mm)
         triangles = np.asarray(model.triangles, np.int64)
+        shipped = _shipped_harmonics(model, mean, triangles, bound)
         name = f"harmonics-{array_key(HARMONICS_CACHE_VERSION, mean, triangles, bound)}"
-        stored = _stored_harmonics(load_arrays(name), len(mean))
+        stored = shipped or _stored_harmonics(load_arrays(name), len(mean))
         if stored is not None:
             cache[length_mm] = stored
         else:
             cache[length_mm] = low_harmonics(mean, triangles, bound)
             save_arrays(name, eigenvalues=cache[length_mm].eigenvalues, functions=cache[length_mm].functions)
     return cache[length_mm]
+
+
+def harmonics_bound(length_mm: float) -> float:
+    """The largest eigenvalue (1/mm^2) a heat kernel of ``length_mm`` weighs above
+    :data:`EIGEN_TOL`: its time is ``t = length^2 / 2`` (a Gaussian of ``length`` on a plane)."""
+    return float(np.log(1.0 / EIGEN_TOL) / (0.5 * length_mm ** 2))
+
+
+def precompute_harmonics(model: ShapeModel, shortest_length_mm: float) -> dict[str, np.ndarray]:
+    """The manifold harmonics of the model's mean surface that fields of
+    ``shortest_length_mm`` or longer need, as ``ShapeModel.precomputed`` arrays to ship
+    in its file (float32 functions; keyed by the mean and triangles they belong to)."""
+    mean = np.asarray(model.mean, np.float64).reshape(-1, 3)
+    triangles = np.asarray(model.triangles, np.int64)
+    bound = harmonics_bound(shortest_length_mm)
+    h = low_harmonics(mean, triangles, bound)
+    return {"harmonics_eigenvalues": h.eigenvalues, "harmonics_functions": h.functions.astype(np.float32),
+            "harmonics_bound": np.float64(bound),
+            "harmonics_key": np.bytes_(array_key(HARMONICS_CACHE_VERSION, mean, triangles))}
+
+
+def _shipped_harmonics(model: ShapeModel, mean: np.ndarray, triangles: np.ndarray, bound: float) -> Harmonics | None:
+    """The harmonics up to ``bound`` from the model's precomputed arrays, when they were
+    computed from this mean and mesh up to at least that bound; else None."""
+    pre = model.precomputed
+    if not {"harmonics_eigenvalues", "harmonics_functions", "harmonics_bound", "harmonics_key"} <= set(pre):
+        return None
+    key = np.asarray(pre["harmonics_key"]).reshape(-1)[0]
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    if key != array_key(HARMONICS_CACHE_VERSION, mean, triangles) or float(pre["harmonics_bound"]) < bound:
+        return None
+    lam = np.asarray(pre["harmonics_eigenvalues"], np.float64)
+    keep = lam <= bound
+    return _stored_harmonics({"eigenvalues": lam[keep],
+                              "functions": np.asarray(pre["harmonics_functions"])[:, keep].astype(np.float64)},
+                             len(mean))
 
 
 def _stored_harmonics(stored: dict | None, n_vertices: int) -> Harmonics | None:
