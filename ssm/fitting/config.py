@@ -90,7 +90,8 @@ class InitConfig(_Group):
     ransac_threshold_mm, ransac_iterations : inlier distance and random samples (more
         than 12 landmarks; fewer are all tried) of the robust landmark similarity.
     auto_points : scan points the automatic search matches; auto_icp_iterations : ICP
-        iterations of each of its ten best hypotheses.
+        iterations of each of its best hypotheses
+        (:data:`ssm.fitting.initialise.search.REFINED_HYPOTHESES`).
     auto_candidates : distinct placements a short model fit chooses between.
     rigid_iterations : similarity-only iterations before the model fit (twice as many
         after the automatic search, whose start is rougher).

@@ -37,6 +37,10 @@ from ssm.units import HEAD_DIAGONAL_MM
 from ssm.models.model_units import mean_diagonal
 from ssm.models.shape_model import ShapeModel
 
+
+# the coarse search's best hypotheses refined by a longer ICP: on a smooth, nearly
+# symmetric head the right one can rank below the first ten after the coarse rounds
+REFINED_HYPOTHESES = 20
 WINDOWS = 6  # k-means patches of the scan searched for a head within more (window_starts)
 WINDOW_GROWTH = 1.3  # window_starts keeps hypotheses at most this many times the window's size
 CROP_REACH = 1.15  # window_starts keeps the points within this many model radii of the placed model
@@ -375,7 +379,8 @@ def _clusters(p: np.ndarray, min_fraction: float = 0.15, max_clusters: int = 3) 
 
 def _search(p: np.ndarray, normals: np.ndarray, target, config: InitConfig, rng: np.random.Generator,
             fixed_scale: float | None, tilted: bool = True) -> tuple[list, int]:
-    """The ten best hypotheses for scan points ``p`` (P, 3) with their ``normals``.
+    """The :data:`REFINED_HYPOTHESES` best hypotheses for scan points ``p`` (P, 3) with
+    their ``normals``.
 
     tilted : also try each axis hypothesis tilted by 25 degrees about each axis (7x the
         hypotheses; principal axes of a partial scan are only roughly the model's).
@@ -410,7 +415,7 @@ def _search(p: np.ndarray, normals: np.ndarray, target, config: InitConfig, rng:
     sc, rot, tr, score = _icp_batch(coarse, tree, msub, nsub, starts, 3, 0.7, fixed_scale)
     hyps = sorted(((float(score[h]), Similarity(float(sc[h]), rot[h], tr[h])) for h in range(len(starts))),
                   key=lambda h: h[0])
-    best = [(h.scale, h.rotation, h.translation) for _, h in hyps[:10]]
+    best = [(h.scale, h.rotation, h.translation) for _, h in hyps[:REFINED_HYPOTHESES]]
     sc, rot, tr, score = _icp_batch(p, tree, msub, nsub, best, config.auto_icp_iterations, 0.7, fixed_scale)
     diagonal = float(np.linalg.norm(np.ptp(p, axis=0)))
     refined = []
