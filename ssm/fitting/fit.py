@@ -71,7 +71,7 @@ def fit(model: ShapeModel | str | os.PathLike | None = None, scan=None, landmark
 
     def run(stage: Stage, state: FitState | None = None) -> FitState:
         if progress is not None:
-            progress(stage.__name__)
+            progress(stage.__name__.removesuffix("_stage").replace("_", " "))
         result = stage(problem) if state is None else stage(problem, state)
         reports.append(result.report)
         return result.state
