@@ -38,9 +38,7 @@ from ssm.models.model_units import mean_diagonal
 from ssm.models.shape_model import ShapeModel
 
 
-# the coarse search's best hypotheses refined by a longer ICP: on a smooth, nearly
-# symmetric head the right one can rank below the first ten after the coarse rounds
-REFINED_HYPOTHESES = 20
+REFINED_HYPOTHESES = 10  # the coarse search's best hypotheses, refined by a longer ICP
 WINDOWS = 6  # k-means patches of the scan searched for a head within more (window_starts)
 WINDOW_GROWTH = 1.3  # window_starts keeps hypotheses at most this many times the window's size
 CROP_REACH = 1.15  # window_starts keeps the points within this many model radii of the placed model
