@@ -6,6 +6,11 @@ Load a model in downstream code with numpy + h5py only::
     model = ssm.load_model("models/head.h5")
     head = model.instance([1.0, -0.5])      # (N, 3) mm
 
+Fit a raw scan with the default model (the ICT head in ``models/``) or your own::
+
+    res = ssm.fit("scan.ply", landmarks="lm.csv")
+    res = ssm.fit(model, "scan.ply")
+
 Heavier parts (training, fitting) are imported on first use.
 """
 
