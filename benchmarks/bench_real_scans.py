@@ -49,21 +49,11 @@ SCANS = {
 MM_PER = {"mm": 1.0, "m": 1000.0}
 
 
-def ibug_points(path: Path) -> dict[int, np.ndarray]:
-    """iBUG index -> annotated point (scan frame and units) of a landmark file."""
-    text = path.read_text().splitlines()
-    rows = [r.split(",") for r in text[1:] if r.strip()]
-    if text[0].startswith("name"):
-        return {int(r[0][2:]): np.array([float(v) for v in r[1:4]]) for r in rows}
-    if "iBUG-68" in text[0]:
-        return {i: np.array([float(v) for v in r[:3]]) for i, r in enumerate(rows)}
-    return {i: np.array([float(v) for v in r[:3]]) for i, r in zip(GIVEN7, rows)}  # humface's 7, named in its header
-
-
 def fit_row(model, name: str, given: bool, narrow_face: int, expression=None) -> dict:
     """One fit of one real scan with its landmarks given (a few) or none."""
-    from ssm.fitting.prepare.scan import load_scan
     from ssm import fit
+    from ssm.fitting.prepare.landmarks import ibug_points
+    from ssm.fitting.prepare.scan import load_scan
 
     scan_rel, lm_rel, units, give = SCANS[name]
     annotated = ibug_points(SHARED / lm_rel) if lm_rel else {}

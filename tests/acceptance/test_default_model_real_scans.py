@@ -7,6 +7,7 @@ import pytest
 from conftest import shared_file
 
 from ssm.fitting.fit import fit
+from ssm.fitting.prepare.landmarks import ibug_points
 from ssm.io.model_file import DEFAULT_MODEL
 
 GIVEN7 = (36, 39, 42, 45, 30, 48, 54)
@@ -22,21 +23,13 @@ SCANS = [  # scan, landmarks, units, iBUG indices given
 ]
 
 
-def _ibug(path) -> dict[int, np.ndarray]:
-    rows = [r.split(",") for r in path.read_text().splitlines()]
-    if rows[0][0] == "name":
-        return {int(r[0][2:]): np.array(r[1:4], float) for r in rows[1:]}
-    order = range(68) if "iBUG-68" in ",".join(rows[0]) else GIVEN7
-    return {i: np.array(r[:3], float) for i, r in zip(order, rows[1:])}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scan,landmarks,units,given", SCANS, ids=[s[0].split("/")[-2 if "external" in s[0] else -1]
                                                                    for s in SCANS])
 def test_real_scans_fit_the_default_model(scan, landmarks, units, given):
     lms = None
     if given:
-        points = _ibug(shared_file(landmarks))
+        points = ibug_points(shared_file(landmarks))
         lms = np.full((68, 3), np.nan)
         for i in given:
             if i in points:

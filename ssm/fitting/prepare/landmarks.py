@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssm.errors import InputFileError
-from ssm.io.landmarks import LandmarkPoints
+from ssm.io.landmarks import LandmarkPoints, read_landmark_points
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,21 @@ def ibug_index(name: str) -> int | None:
     if m and int(m.group(1)) < 68:
         return int(m.group(1))
     return IBUG_ALIASES.get(s)
+
+
+def ibug_points(path) -> dict[int, np.ndarray]:
+    """The landmarks of a file (any format :func:`ssm.io.landmarks.read_landmark_points`
+    reads) by iBUG-68 index: named ones by their names (``lm30``, ``nose tip``, ...),
+    unnamed rows in iBUG order; (3,) points in the file's frame and units."""
+    lp = read_landmark_points(path)
+    if lp.names is None:
+        return {i: p for i, p in enumerate(lp.points)}
+    out = {}
+    for name, p in zip(lp.names, lp.points):
+        i = ibug_index(name)
+        if i is not None and np.isfinite(p).all():
+            out[i] = p
+    return out
 
 
 def one_based_ibug(names: list[str]) -> bool:
