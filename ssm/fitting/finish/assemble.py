@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssm.fitting.finish.verdict import face_vertices, units_name, verdict
+from ssm.fitting.finish.verdict import units_name, verdict
 from ssm.fitting.outputs.colors import COLOR_DISTANCE_MM, vertex_colors
 from ssm.fitting.outputs.result import FitResult
 from ssm.fitting.prepare.scan import Scan
@@ -39,7 +39,7 @@ def fit_result(problem: FitProblem, state: FitState, reports: list[StageReport])
         vertex_colors=vertex_colors(verts_scan, state.scan, model.triangles, COLOR_DISTANCE_MM * pose.scale),
         model_mm_per_unit=problem.model_mm_per_unit, scan_explained=judged.scan_explained, evidence=judged.evidence,
         given_landmarks={} if lms is None else {n: p for n, p in zip(lms.names, lms.points)},
-        face_vertices=face_vertices(model),
+        face_vertices=judged.face,
         expression_weights=None if state.expression_coeffs is None
         else named_weights(problem.expression_model, state.expression_coeffs))
 

@@ -58,12 +58,14 @@ UNIT_MATCH = 1.2  # a fitted scale within this factor of a named unit's is named
 class Verdict:
     """converged : the fit is right by every rule; message : why not, and what to try
     ("" when it is); scan_explained : the share of the scan within
-    :data:`EXPLAINED_WITHIN_MM` of the fit; evidence : every measure the rules read."""
+    :data:`EXPLAINED_WITHIN_MM` of the fit; evidence : every measure the rules read;
+    face : (F,) the model's face vertices the rules judged (:func:`face_vertices`), or None."""
 
     converged: bool
     message: str
     scan_explained: float
     evidence: dict
+    face: np.ndarray | None = None
 
 
 def face_vertices(model: ShapeModel) -> np.ndarray | None:
@@ -133,7 +135,7 @@ def verdict(problem: FitProblem, state: FitState, verts_scan: np.ndarray, distan
         problems.append(f"the landmarks are {np.median(kept_landmark_errors_mm):.1f} mm (median) from the fit; "
                         f"check the landmark order and the scan")
     message = "" if not problems else "did not converge: " + "; ".join(problems)
-    return Verdict(not problems, message, explained, evidence)
+    return Verdict(not problems, message, explained, evidence, face)
 
 
 def free_scale(problem: FitProblem, state: FitState) -> float:

@@ -32,7 +32,6 @@ def write_report(result: FitResult, path: Path, scan=None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
 
     x = np.asarray(result.vertices_model, np.float64)
     tri = result.triangles
@@ -64,7 +63,7 @@ def write_report(result: FitResult, path: Path, scan=None) -> Path:
                 p = (pts - centre) @ rot.T
                 top.scatter(p[:, 0], p[:, 1], s=14, c=colour, lw=0.5, edgecolors="white", zorder=3)
         if tri is not None:
-            _draw_mesh(bottom, (x - centre) @ rot.T, tri, colours, PolyCollection)
+            _draw_mesh(bottom, (x - centre) @ rot.T, tri, colours)
         else:
             p = (x - centre) @ rot.T
             bottom.scatter(p[:, 0], p[:, 1], s=1, c=colours)
@@ -101,8 +100,11 @@ def _shade(normals: np.ndarray) -> np.ndarray:
     return 0.35 + 0.65 * np.clip(normals @ LIGHT, 0.0, 1.0)
 
 
-def _draw_mesh(ax, v: np.ndarray, tri: np.ndarray, vertex_colours: np.ndarray, PolyCollection) -> None:
-    """Back-to-front shaded triangles of ``v`` (N, 3, view frame; z to the viewer)."""
+def _draw_mesh(ax, v: np.ndarray, tri: np.ndarray, vertex_colours: np.ndarray) -> None:
+    """Back-to-front shaded triangles of ``v`` (N, 3, view frame; z to the viewer) with
+    ``vertex_colours`` (N, 3) RGB averaged per triangle."""
+    from matplotlib.collections import PolyCollection
+
     n = vertex_normals(v, tri)
     fn = n[tri].mean(1)
     front = fn[:, 2] > 0  # facing the viewer
