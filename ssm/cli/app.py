@@ -90,7 +90,7 @@ def info(model: Optional[Path] = typer.Argument(None, help="Model file (.h5): ou
 
     model = default_model_path() if model is None else model
     m = load_model(model)
-    e = load_expression_model(model)
+    e = load_expression_model(model, m)
     shapes = load_blendshapes(model)
     var = np.asarray(m.variances, np.float64)
     total = float(var.sum())

@@ -51,7 +51,7 @@ def load_fit_model(model_path: Path, model_landmarks: Path | None = None, expres
     if model_landmarks is not None:
         model = model.with_metadata(landmarks={**model.landmarks,
                                                **read_model_landmarks(model_landmarks, model.mean)})
-    expression = None if expression_model == "off" else load_expression_model(model_path)
+    expression = None if expression_model == "off" else load_expression_model(model_path, model)
     return model, expression
 
 

@@ -296,7 +296,7 @@ def load_blendshapes(path: str | os.PathLike) -> Blendshapes | None:
                                  "re-save the model, or fit with --expression-model off") from None
 
 
-def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
+def load_expression_model(path: str | os.PathLike, model: ShapeModel | None = None) -> ShapeModel | None:
     """The expression model of a Basel-style file (``/expression`` beside ``/shape``, as
     the Basel Face Model 2017 / 2019 lay them out: a face is ``shape mean + expression
     mean + shape basis a + expression basis b``; or beside our ``/model``, as
@@ -309,12 +309,12 @@ def load_expression_model(path: str | os.PathLike) -> ShapeModel | None:
     Raises InputFileError when its vertex count differs from the shape model's.
     A file with named blendshapes (:func:`load_blendshapes`) gives them as the basis
     instead (:meth:`ssm.models.blendshapes.Blendshapes.expression_model`), each shape
-    its own named direction.
+    its own named direction; ``model``: the file's shape model when already read.
     """
     path = Path(path)
     shapes = load_blendshapes(path)
     if shapes is not None:
-        model = load_model(path)
+        model = load_model(path) if model is None else model
         if shapes.n_vertices != model.n_vertices:
             raise InputFileError(path, f"the blendshapes have {shapes.n_vertices} vertices but the model "
                                        f"{model.n_vertices}", "fit with the shape model alone (--expression-model off)")

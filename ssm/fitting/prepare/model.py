@@ -44,4 +44,5 @@ def _load(key: tuple) -> tuple[ShapeModel, ShapeModel | None]:
     """A model file and its expression model, read once per process (per path, time and size)."""
     from ssm.io.model_file import load_expression_model, load_model
 
-    return load_model(key[0]), load_expression_model(key[0])
+    model = load_model(key[0])
+    return model, load_expression_model(key[0], model)
