@@ -87,13 +87,17 @@ def fit_scan(model, job: ScanJob, opts: FitOptions, expression=None,
              stage: Callable[[str], None] | None = None) -> ScanOutcome:
     """Fit one scan and write its outputs (and the fused geometry maps, if any);
     ``stage`` sees the name of each step as it starts (a terminal's progress line)."""
-    from ssm.fitting.outputs.write import write_fit
+    from ssm.fitting.outputs.write import check_outputs_spare_inputs, write_fit
     from ssm.fitting.fit import fit
     from ssm.fitting.prepare.scan import load_scan
 
     name = job.scan.name
     try:
         say = stage or (lambda name: None)
+        maps = [m.split(":")[0] for m in (*opts.maps, *opts.displacement_maps, *opts.depth_maps)]
+        check_outputs_spare_inputs(job.dest, [job.scan, job.landmarks, opts.pose, opts.model_path,
+                                              opts.model_landmarks, opts.normal_map and opts.normal_map.split(":")[0],
+                                              *maps])
         say("reading the scan")
         sc = load_scan(job.scan)
         res = fit(model, sc, landmarks=job.landmarks, pose=opts.pose, units=opts.units, device=opts.device,

@@ -227,3 +227,28 @@ def test_fit_cli_fuses_a_position_map_with_the_fit(synth_model, head_generator, 
     assert [s["name"] for s in sources] == ["fit", "pos"] and not sources[1]["aligned"]
     res = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--map", str(tmp_path / "pos.npy")])
     assert res.exit_code != 0 and "give POSITIONS:VARIANCE files" in res.output, res.output
+
+
+def test_fit_cli_never_overwrites_its_inputs(synth_model, head_generator, tmp_path):
+    """A scan named fit.ply, or hand-placed landmarks.csv, in the output folder: the fit
+    refuses to write over them (exit 2, the file named), and they are unchanged."""
+    from typer.testing import CliRunner
+
+    from ssm.cli.app import app
+    from ssm.io.meshes import write_mesh
+    from ssm.io.model_file import save_model
+
+    save_model(synth_model, tmp_path / "m.h5")
+    truth, raw = synthetic_case(head_generator, seed=6, units="mm", views="frontal")
+    write_mesh(tmp_path / "fit.ply", raw.vertices, raw.faces)
+    names = ["right_eye_outer", "left_eye_outer", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+    pts = raw.to_scan.apply(truth[[head_generator.landmarks[n] for n in names]])
+    (tmp_path / "landmarks.csv").write_text("".join(f"{n},{p[0]},{p[1]},{p[2]}\n" for n, p in zip(names, pts)))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fit.ply", tmp_path / "landmarks.csv")}
+    for args in (["--landmarks", str(tmp_path / "landmarks.csv")], []):
+        res = CliRunner().invoke(app, ["fit", str(tmp_path / "m.h5"), str(tmp_path / "fit.ply"), "--out",
+                                       str(tmp_path), "--units", "mm", *args])
+        assert res.exit_code == 2, res.output
+        assert "is an input, and the fit's" in res.output and "another folder with --out" in res.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fit.ply", tmp_path / "landmarks.csv")} == before
+    assert not (tmp_path / "fit.json").exists()

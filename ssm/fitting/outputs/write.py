@@ -10,10 +10,33 @@ import numpy as np
 from ssm.fitting.outputs.colors import COLOR_DISTANCE_MM, bake_texture
 from ssm.fitting.outputs.report import write_report
 from ssm.fitting.outputs.result import FitResult
+from ssm.errors import InputFileError
 from ssm.io.atomic import atomic_write
 from ssm.io.landmark_writer import write_landmark_points
 from ssm.io.meshes import write_mesh
 from ssm.io.textured_obj import write_textured_obj
+
+
+# every file write_fit and the geometry maps' fusion may write into a fit's folder
+OUTPUT_NAMES = ("fit.ply", "fit_model_frame.ply", "fit.json", "report.png", "landmarks.csv", "landmarks.json",
+                "fit.obj", "fit.mtl", "fit_texture.png", "fit_model_frame.obj", "fit_neutral_model_frame.ply",
+                "fused.ply", "fused.json")
+
+
+def check_outputs_spare_inputs(out: str | Path, inputs: list) -> None:
+    """Raise InputFileError when a fit written to ``out`` would replace one of ``inputs``
+    (paths of the scan, landmarks, pose, model, maps; None ignored): a scan named
+    ``fit.ply`` or hand-placed ``landmarks.csv`` in the output folder is the user's."""
+    out = Path(out)
+    for given in inputs:
+        if given is None:
+            continue
+        path = Path(given)
+        for name in OUTPUT_NAMES:
+            target = out / name
+            if target.exists() and path.exists() and target.samefile(path):
+                raise InputFileError(path, f"is an input, and the fit's {name} in {out} would replace it",
+                                     "write the fit to another folder with --out")
 
 
 def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None = None,
@@ -30,10 +53,12 @@ def write_fit(result: FitResult, out: str | Path, scan=None, info: dict | None =
     colours, a texture of ``texture_size`` rows (0: none) baked from it that both use:
     ``fit.mtl``, ``fit_texture.png``.
 
-    scan : the :class:`~ssm.fitting.prepare.scan.Scan` (for the picture and the texture), optional.
+    scan : the :class:`~ssm.fitting.prepare.scan.Scan` (for the picture and the texture), optional;
+        a scan read from a file in ``out`` under one of :data:`OUTPUT_NAMES` is refused.
     info : extra JSON fields (input paths, ...).
     """
     out = Path(out)
+    check_outputs_spare_inputs(out, [None if scan is None else scan.path])
     out.mkdir(parents=True, exist_ok=True)
     attrs = result.vertex_attributes
     rgb = result.vertex_colors
