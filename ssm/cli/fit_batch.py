@@ -131,7 +131,7 @@ COLUMNS = ("scan", "status", "face to scan", "scan explained", "landmarks", "sec
 
 def _numbers(res) -> tuple[str, str, str]:
     """The table's face distance, share of the scan explained and landmark error of a fit."""
-    face = "-" if res.face_vertices is None else f"{np.nanmedian(res.distance_mm[res.face_vertices]):.2f} mm"
+    face = "-" if res.face_distance_mm is None else f"{res.face_distance_mm:.2f} mm"
     explained = "-" if res.scan_explained is None else f"{res.scan_explained:.0%}"
     kept = [e for n, e in res.landmark_errors_mm.items() if n not in res.rejected_landmarks]
     landmarks = f"{np.median(kept):.2f} mm ({len(kept)})" if kept else "-"

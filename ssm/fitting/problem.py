@@ -54,14 +54,13 @@ class FitProblem:
 
     model : the model in mm (a model in other units is scaled: ``model_mm_per_unit``).
     scan : the scan as read, its searches on ``device``.
-    landmarks : the given landmarks matched to the model's (scan frame), or None;
-        landmarks_path : their source, for messages.
+    landmarks : the given landmarks matched to the model's (scan frame), or None.
     initial_pose : a given model (mm) -> scan pose, or None.
     units : the scan's units as given ("mm", ...), or None to estimate them;
         units_per_mm : scan units per mm, or None.
-    fixed_scale : the model -> scan scale when it is known (units given, a model not
-        aligned with scale), else None; search_scale : the scale the automatic search
-        assumes (the units' when given).
+    fixed_scale : the model -> scan scale when the fit must keep it (units given, a model
+        not aligned with scale), else None; the automatic search assumes
+        ``units_per_mm`` whenever the units are given.
     config, device, streams : settings, torch device name, random streams.
     expression_model : the model's expression basis (mm), or None.
     """
@@ -69,12 +68,10 @@ class FitProblem:
     model: ShapeModel
     scan: Scan
     landmarks: MatchedLandmarks | None
-    landmarks_path: str
     initial_pose: Similarity | None
     units: str | None
     units_per_mm: float | None
     fixed_scale: float | None
-    search_scale: float | None
     config: FitConfig
     device: str
     streams: RandomStreams
@@ -137,9 +134,8 @@ def fit_problem(model: ShapeModel, scan, landmarks=None, pose=None, units: str |
         check_head_units(sc.points, given_units, sc.path, trim=0.01)
     similarity_model = str(model.provenance.get("align", "similarity")) == "similarity"
     fixed_scale = units_per_mm if (units_per_mm is not None and not similarity_model) else None
-    return FitProblem(model, sc.on(dev), lms, path, init_pose, given_units, units_per_mm, fixed_scale,
-                      fixed_scale if fixed_scale else units_per_mm, cfg, dev, RandomStreams(cfg.seed),
-                      expression_model, model_mm)
+    return FitProblem(model, sc.on(dev), lms, init_pose, given_units, units_per_mm, fixed_scale, cfg, dev,
+                      RandomStreams(cfg.seed), expression_model, model_mm)
 
 
 def _as_scan(scan) -> Scan:

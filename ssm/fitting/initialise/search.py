@@ -128,7 +128,7 @@ def auto_similarity(problem: FitProblem, scan: Scan, candidates: int = 1) -> tup
         model decide between them.
     """
     t0 = time.perf_counter()
-    model, config, fixed_scale = problem.model, problem.config.init, problem.search_scale
+    model, config, fixed_scale = problem.model, problem.config.init, problem.units_per_mm
     rng = problem.streams.rng("search")
     pick, target = _search_inputs(model, scan, config, rng)
     m = target[0]
@@ -197,7 +197,7 @@ def window_starts(problem: FitProblem, scan: Scan) -> list[Similarity]:
     """
     from scipy.cluster.vq import kmeans2
 
-    model, config, fixed_scale = problem.model, problem.config.init, problem.search_scale
+    model, config, fixed_scale = problem.model, problem.config.init, problem.units_per_mm
     rng = problem.streams.rng("window_search")
     pick, target = _search_inputs(model, scan, config, rng)
     m = target[0]

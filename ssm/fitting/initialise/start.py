@@ -76,8 +76,8 @@ def _searched_start(problem: FitProblem, zeros: np.ndarray) -> StageResult:
     # a small part (a whole body): in the units given, or those it would be a body in;
     # also when the chosen start puts the scan in no named unit while it would be a
     # body in one (a head five times too large laid over a body fits it well)
-    if problem.search_scale is not None:
-        bodies = [problem.search_scale] if poor() else []
+    if problem.units_per_mm is not None:
+        bodies = [problem.units_per_mm] if poor() else []
     else:
         bodies = body_scales(problem.model, raw) if poor() or not near_named_unit(pose.scale) else []
     for scale in bodies:

@@ -135,8 +135,8 @@ def _headline(result: FitResult) -> list[str]:
     lines = []
     if not result.converged:
         lines += _wrap(result.message, 44) + [""]
-    if result.face_vertices is not None:
-        lines.append(f"face to scan, median   {np.median(result.distance_mm[result.face_vertices]):.2f} mm")
+    if result.face_distance_mm is not None:
+        lines.append(f"face to scan, median   {result.face_distance_mm:.2f} mm")
     if result.scan_explained is not None:
         lines.append(f"scan explained         {result.scan_explained:.0%} within 2.5 mm")
     if "face_seen" in ev:

@@ -109,6 +109,13 @@ class FitResult:
         return names, self.vertices[idx], sd
 
     @property
+    def face_distance_mm(self) -> float | None:
+        """Median distance (mm) of the model's face (:attr:`face_vertices`) to the scan, or None."""
+        if self.face_vertices is None:
+            return None
+        return float(np.nanmedian(self.distance_mm[self.face_vertices]))
+
+    @property
     def seconds(self) -> float:
         return float(sum(s.seconds for s in self.stages))
 
@@ -129,8 +136,7 @@ class FitResult:
             "expression_coefficients": None if self.expression_coefficients is None
             else [float(c) for c in self.expression_coefficients],
             "expression_weights": None if self.expression_weights is None else dict(self.expression_weights),
-            "face_distance_to_scan_mm": None if self.face_vertices is None
-            else float(np.nanmedian(self.distance_mm[self.face_vertices])),
+            "face_distance_to_scan_mm": self.face_distance_mm,
             "distance_to_scan_mm": {
                 "mean": float(finite.mean()) if finite.size else None,
                 "median": float(np.median(finite)) if finite.size else None,
