@@ -273,7 +273,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in GROUPS:
-            want = type(FitConfig.__dataclass_fields__[name].default_factory())
+            want = FitConfig.__dataclass_fields__[name].default_factory  # the group class
             if not isinstance(getattr(self, name), want):
                 raise ConfigError(f"FitConfig {name} = {getattr(self, name)!r}: must be a {want.__name__}")
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
@@ -316,4 +316,4 @@ class FitConfig:
 
 
 _GROUP_OF = {f.name: group for group in GROUPS
-             for f in fields(FitConfig.__dataclass_fields__[group].default_factory())}
+             for f in fields(FitConfig.__dataclass_fields__[group].default_factory)}
