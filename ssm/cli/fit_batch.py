@@ -5,6 +5,7 @@ not (a bug), is its outcome and never stops the others."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def fit_scans(model, jobs: list[ScanJob], opts: FitOptions, n_jobs: int, progres
         out = []
         for i, job in enumerate(jobs):
             progress("Fitting scans", i, total)
-            steps = iter(range(1, 1000))
+            steps = itertools.count(1)
 
             def stage(name: str, scan=job.scan.name) -> None:
                 progress("Stage", next(steps), None, f"{scan}: {name}")
